@@ -1,0 +1,267 @@
+"""The ``featcache`` command: parse, call the library, format. No logic lives here.
+
+Heavy imports (torch, h5py) happen inside commands, so ``featcache --help`` is instant. Every
+``FeatcacheError`` becomes a one-line ``click.ClickException``; anything unexpected is reported in
+one line too, with ``--debug`` (or FEATCACHE_DEBUG=1) to see the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+CACHE_DIR = click.option(
+    "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
+    help="Feature-set cache directory [default: ./.featcache, or $FEATCACHE_CACHE_DIR].",
+)
+RUNS_DIR = click.option(
+    "--runs-dir", envvar="FEATCACHE_RUNS_DIR", type=click.Path(file_okay=False), default=None,
+    help="Where fits write runs [default: ./runs, or $FEATCACHE_RUNS_DIR].",
+)
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or status lines.")
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+class Featcache(click.Group):
+    """Turns library errors into one-line messages and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug") or os.environ.get("FEATCACHE_DEBUG", "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("featcache: interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+        except Exception as err:
+            if debug:
+                raise
+            from featcache.errors import FeatcacheError
+
+            if isinstance(err, FeatcacheError):
+                raise click.ClickException(str(err)) from None
+            try:
+                from classifiers import ParamError
+                from classifiers.registry import UnknownName
+            except ImportError:
+                ParamError = UnknownName = ()  # noqa: N806
+            if isinstance(err, (ParamError, UnknownName)):
+                raise click.ClickException(str(err)) from None
+            text = str(err).splitlines()[0] if str(err) else ""
+            raise click.ClickException(f"internal error: {type(err).__name__}: {text} (rerun with --debug for the traceback)") from None
+
+
+@click.group(cls=Featcache, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="featcache")
+def main(debug: bool) -> None:
+    """Extract frozen-backbone image features once; fit and compare classifier heads in seconds."""
+
+
+# ------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/.")
+@click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="Backbone: a torchvision name, timm:NAME, or efficientnet_lite0 (built in, offline).")
+@click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
+@click.option("--layer", default=None, help="Graph node to cut at [default: the last feature map before pooling].")
+@click.option("--pool", type=click.Choice(["none", "avg", "max"]), default="none", show_default=True, help="Reduce spatial maps at extraction time.")
+@click.option("--image-size", type=int, default=None, help="Crop size fed to the model [default: the weights' own].")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
+@click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
+@click.option("--workers", default="auto", show_default=True, help="Decoding worker processes, or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = fp16 autocast on CUDA, fp32 on CPU.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="What to do with an image that cannot be decoded.")
+@click.option("--shard", default=None, metavar="I/N", help="Extract only slice I of N (I from 0); join with `featcache cache merge`.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run on this machine or on a Ray cluster.")
+@click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray) [default: start a local Ray].")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no libjpeg draft downscaling).")
+@click.option("--lock-timeout", type=float, default=-1, show_default=True, help="Seconds to wait for another process extracting the same set (-1 = forever, 0 = fail at once).")
+@CACHE_DIR
+@QUIET
+@JSON
+def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, device, precision, on_error,
+            shard, engine, ray_address, no_draft, lock_timeout, cache_dir, quiet, as_json):
+    """Extract features of every image under --data into a cached feature set."""
+    from featcache.extraction import extract as run_extract
+    from featcache.manifest import display
+
+    result = run_extract(
+        data=data, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
+        batch_size=_int_or_auto(batch_size, "--batch-size"), workers=_int_or_auto(workers, "--workers"),
+        device=device, precision=precision, cache_dir=cache_dir, on_error=on_error, shard=shard, engine=engine,
+        ray_address=ray_address, draft=not no_draft, lock_timeout=lock_timeout, progress_bar=not quiet,
+    )
+    if result.skipped and not quiet:
+        click.echo(f"skipped {len(result.skipped)} file(s):", err=True)
+        for path, reason in result.skipped:
+            click.echo(f"  {display(path)}: {reason}", err=True)
+    if result.ignored and not quiet:
+        click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
+    if as_json:
+        click.echo(json.dumps({
+            "id": result.id, "path": str(result.path), "rows": result.n_rows, "feature_shape": list(result.feature_shape),
+            "cache_hit": result.cache_hit, "extracted": result.extracted, "reused": result.reused, "resumed": result.resumed,
+            "images_per_second": result.images_per_second, "seconds": round(result.seconds, 3),
+            "skipped": [{"path": display(p), "reason": r} for p, r in result.skipped],
+        }))
+    else:
+        click.echo(result.summary())
+
+
+def _int_or_auto(value: str, flag: str):
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a whole number or auto", param_hint=flag) from None
+    if number < (1 if flag == "--batch-size" else 0):
+        raise click.BadParameter(f"{value} is too small", param_hint=flag)
+    return number
+
+
+# ------------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("pattern", required=False)
+@click.option("--layers", "layers_of", metavar="MODEL", default=None, help="List the graph nodes --layer accepts for MODEL.")
+@QUIET
+@JSON
+def models(pattern, layers_of, quiet, as_json):
+    """List backbones (glob PATTERN, e.g. 'resnet*' or 'timm:convnext*') with default cut and shape."""
+    if layers_of:
+        from featcache.backbones import layers
+
+        names = layers(layers_of)
+        click.echo(json.dumps(names) if as_json else "\n".join(names))
+        return
+    from featcache.models import list_models
+
+    rows = list_models(pattern, progress_bar=not quiet)
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
+                                "feature_shape": list(r.feature_shape), "weights": r.weights} for r in rows]))
+        return
+    table = [("MODEL", "FAMILY", "DEFAULT LAYER", "FEATURES", "PRETRAINED WEIGHTS")]
+    table += [(r.name, r.family, r.default_layer, "x".join(map(str, r.feature_shape)) or "?", r.weights) for r in rows]
+    click.echo(_table(table))
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------
+@main.group()
+def cache():
+    """Manage cached feature sets: list, info, verify, rm, merge."""
+
+
+@cache.command("list")
+@CACHE_DIR
+@JSON
+def cache_list(cache_dir, as_json):
+    """Feature sets in the cache, newest first."""
+    from featcache import cache as c
+
+    entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
+    if as_json:
+        click.echo(json.dumps([{"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
+                                "model": e.meta.get("model"), "layer": e.meta.get("layer"), "rows": e.meta.get("n_rows"),
+                                "created": e.created} for e in entries]))
+        return
+    if not entries:
+        click.echo(f"no feature sets in {_cache_path(cache_dir)}")
+        return
+    table = [("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED")]
+    for e in entries:
+        m = e.meta
+        shape = "x".join(map(str, m.get("feature_shape") or [])) or "-"
+        table.append((e.id, e.state, m.get("model", m.get("key", {}).get("extractor", {}).get("arch", "-")), m.get("layer", "-"),
+                      m.get("pool", "-"), m.get("n_rows", "-"), shape, _size(e.size_bytes), e.created or "-"))
+    click.echo(_table(table))
+
+
+@cache.command("info")
+@click.argument("ref")
+@CACHE_DIR
+@JSON
+def cache_info(ref, cache_dir, as_json):
+    """Everything recorded about one feature set (id, id prefix or path)."""
+    from featcache.cache import open_features
+
+    with open_features(ref, cache_dir) as fs:
+        meta = {**fs.meta, "path": str(fs.path), "class_names": fs.class_names, "skipped": len(fs.skipped)}
+    if as_json:
+        click.echo(json.dumps(meta, indent=2, default=str))
+        return
+    for key in sorted(meta):
+        value = meta[key]
+        click.echo(f"{key:18} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@cache.command("verify")
+@click.argument("ref", required=False)
+@CACHE_DIR
+def cache_verify(ref, cache_dir):
+    """Read every chunk and check the content hash; non-zero exit if anything is damaged."""
+    from featcache import cache as c
+
+    results = c.check(ref, cache_dir)
+    bad = 0
+    for path, problems in results.items():
+        if problems:
+            bad += 1
+            click.echo(f"DAMAGED  {path}: {'; '.join(problems)}")
+        else:
+            click.echo(f"ok       {path}")
+    if not results:
+        click.echo(f"no feature sets in {_cache_path(cache_dir)}")
+    if bad:
+        raise click.ClickException(f"{bad} damaged feature set(s): remove with `featcache cache rm ID` and extract again")
+
+
+@cache.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@CACHE_DIR
+def cache_rm(refs, cache_dir):
+    """Delete feature sets (complete, partial or shards) by id or id prefix."""
+    from featcache import cache as c
+
+    for ref in refs:
+        for path in c.remove(ref, cache_dir):
+            click.echo(f"removed {path}")
+
+
+@cache.command("merge")
+@click.argument("ref")
+@CACHE_DIR
+@QUIET
+def cache_merge(ref, cache_dir, quiet):
+    """Assemble the shards of a --shard I/N extraction into one feature set."""
+    from featcache.shards import merge
+
+    click.echo(merge(ref, cache_dir, progress_bar=not quiet).summary())
+
+
+def _cache_path(cache_dir):
+    from featcache import config
+
+    return config.cache_dir(cache_dir)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+if __name__ == "__main__":
+    main()

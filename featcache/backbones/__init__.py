@@ -1,0 +1,123 @@
+"""Backbones: name -> family -> (architecture, weights, preprocessing), cut at a layer.
+
+``resolve`` fixes everything that determines the feature numbers without loading any weights
+(architectures are built on the meta device); ``build`` turns that record into a ready module.
+A new built-in backbone is one module with one ``@register_backbone`` class.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from classifiers.registry import Registry, unknown_message
+
+from ..errors import ModelError, WeightsError
+from . import graph
+from . import weights as w
+from .family import Family
+from .spec import Backbone, ExtractorSpec, Preprocess, Weights
+
+registry: Registry[type[Family]] = Registry("backbone")
+register_backbone = registry.register
+
+from . import efficientnet_lite0  # noqa: E402,F401  (registers the built-in default)
+from .timm_family import TimmFamily  # noqa: E402
+from .torchvision_family import TorchvisionFamily  # noqa: E402
+
+_TORCHVISION = TorchvisionFamily()
+_TIMM = TimmFamily()
+
+__all__ = ["Backbone", "ExtractorSpec", "Preprocess", "Weights", "resolve", "build", "model_names", "describe", "family_of"]
+
+
+def family_of(model: str) -> tuple[Family, str]:
+    """Which family builds ``model`` and under which architecture name."""
+    if model.startswith(TimmFamily.prefix):
+        arch = model[len(TimmFamily.prefix):]
+        if not _TIMM.has(arch):
+            raise ModelError(unknown_message("timm model", arch, _TIMM.archs()) + " (`featcache models 'timm:*'` lists them)")
+        return _TIMM, arch
+    if model in registry:
+        return registry.get(model)(), model
+    if _TORCHVISION.has(model):
+        return _TORCHVISION, model
+    known = registry.names() + _TORCHVISION.archs()
+    raise ModelError(unknown_message("model", model, known) + " (timm models: timm:NAME; `featcache models` lists all)")
+
+
+def weights_for(family: Family, arch: str, choice: str | None) -> Weights:
+    choice = (choice or "DEFAULT").strip()
+    if choice.lower() == "none":
+        return w.NONE
+    if w.is_file_choice(choice):
+        return w.file_weights(choice)
+    return family.pretrained(arch, choice)
+
+
+def resolve(
+    model: str,
+    weights: str | None = "DEFAULT",
+    layer: str | None = None,
+    pool: str = "none",
+    image_size: int | None = None,
+) -> ExtractorSpec:
+    """Pin down a backbone cut without loading weights: the record the feature-set id hashes."""
+    family, arch = family_of(model)
+    chosen = weights_for(family, arch, weights)
+    preprocess = family.preprocess(arch, chosen)
+    if image_size is not None:
+        if image_size < 8:
+            raise ModelError(f"--image-size {image_size} is too small: use at least 32")
+        preprocess = preprocess.with_image_size(image_size)
+    skeleton = graph.build_on_meta(lambda: family.build_random(arch, preprocess.crop_size))
+    layer = layer or family.default_layer(skeleton, arch)
+    family.check_layer(skeleton, layer, model)
+    body, _ = family.body(skeleton, layer)
+    graph.check_pool(pool, graph.output_shape(body, "none", preprocess.crop_size, model), layer)
+    shape = graph.output_shape(body, pool, preprocess.crop_size, model)
+    backbone = Backbone(name=model, family=family.name, arch=arch, weights=chosen, preprocess=preprocess)
+    return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape)
+
+
+def build(spec: ExtractorSpec):
+    """The ready feature extractor (eval mode, no grad): loads or downloads the weights."""
+    family, arch = family_of(spec.backbone.name)
+    model = family.build(arch, spec.backbone.weights, spec.backbone.preprocess.crop_size)
+    body, holder = family.body(model, spec.layer)
+    return graph.Cut(body, spec.pool, holder).eval()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    default_layer: str
+    feature_shape: tuple[int, ...]
+    weights: str
+
+
+def model_names(pattern: str | None = None) -> list[tuple[Family, str, str]]:
+    """(family, arch, user-facing name) for built-ins and torchvision; timm only for ``timm:`` globs."""
+    if pattern and pattern.startswith(TimmFamily.prefix):
+        rows = [(_TIMM, a, TimmFamily.prefix + a) for a in _TIMM.archs()]
+    else:
+        rows = [(registry.get(n)(), n, n) for n in registry.names()]
+        rows += [(_TORCHVISION, a, a) for a in _TORCHVISION.archs()]
+    return [r for r in rows if not pattern or fnmatch.fnmatch(r[2], pattern)]
+
+
+def describe(family: Family, arch: str, name: str) -> ModelInfo:
+    """Default layer and feature shape at the default input size (meta device: no weights)."""
+    try:
+        spec = resolve(name, weights="none")
+        weights = family.pretrained(arch, "DEFAULT").identity
+        return ModelInfo(name, family.name, spec.layer, spec.feature_shape, weights)
+    except (ModelError, WeightsError):
+        return ModelInfo(name, family.name, "?", (), "-")
+
+
+def layers(model: str) -> list[str]:
+    family, arch = family_of(model)
+    return family.valid_layers(graph.build_on_meta(lambda: family.build_random(arch)))
+

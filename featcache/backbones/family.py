@@ -1,0 +1,76 @@
+"""The contract every source of backbones fulfils, so extraction never special-cases an architecture."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import weights as w
+from .spec import Preprocess, Weights
+
+
+class Family:
+    """A source of architectures and weights (torchvision, timm, or one built-in backbone).
+
+    Subclasses implement the architecture, pretrained-weights and graph hooks; building a model with
+    any kind of weights and cutting it at a layer is shared here.
+    """
+
+    name: str = ""
+    prefix: str = ""  # what a user writes before the architecture name, e.g. "timm:"
+
+    # -- catalogue -------------------------------------------------------------------------------
+    def archs(self) -> list[str]:
+        raise NotImplementedError
+
+    def has(self, arch: str) -> bool:
+        return arch in self.archs()
+
+    # -- weights ---------------------------------------------------------------------------------
+    def pretrained(self, arch: str, choice: str) -> Weights:
+        """The identity of named pretrained weights (``DEFAULT`` or a tag); must not download."""
+        raise NotImplementedError
+
+    def preprocess(self, arch: str, weights: Weights) -> Preprocess:
+        raise NotImplementedError
+
+    def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
+        """Build with pretrained weights, downloading into the standard cache when online."""
+        raise NotImplementedError
+
+    def build(self, arch: str, weights: Weights, image_size: int | None = None) -> nn.Module:
+        if weights.kind == "pretrained":
+            model = self.build_pretrained(arch, weights)
+        else:
+            torch.manual_seed(w.INIT_SEED)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = self.build_random(arch, image_size)
+            if weights.kind == "file":
+                w.load_into(model, w.load_state_dict_file(weights.path), weights.path)
+        return model.eval().requires_grad_(False)
+
+    # -- graph -----------------------------------------------------------------------------------
+    def nodes(self, model: nn.Module) -> list[str]:
+        raise NotImplementedError
+
+    def default_layer(self, model: nn.Module, arch: str) -> str:
+        raise NotImplementedError
+
+    def body(self, model: nn.Module, layer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """A function image batch -> the layer's output, and the module holding its parameters."""
+        raise NotImplementedError
+
+    def valid_layers(self, model: nn.Module) -> list[str]:
+        return self.nodes(model)
+
+    def check_layer(self, model: nn.Module, layer: str, model_name: str) -> None:
+        from .graph import check_layer
+
+        check_layer(layer, self.nodes(model), model_name)

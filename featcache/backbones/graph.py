@@ -1,0 +1,143 @@
+"""Cutting a network at a named node of its FX graph, and learning output shapes without weights.
+
+Architectures are built on the ``meta`` device where they allow it, so resolving a layer, checking
+an image size and computing the feature shape cost milliseconds and load no parameters; that is
+what lets a cache hit skip the model entirely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+POOLS = ("none", "avg", "max")
+_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+_POOL_FUNCTIONS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten", "mean")
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build without allocating parameters; fall back to the CPU for builders that need data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                return build().eval()
+        except Exception:  # e.g. regnet computes widths with tensors at build time
+            return build().eval().to("meta")
+
+
+def default_cut(model: nn.Module, nodes: list[str]) -> str:
+    """The node feeding the first global pooling or flatten: the convolutional base's last map."""
+    for i, node in enumerate(nodes[1:], start=1):
+        if _is_global_pool(model, node):
+            return module_name(nodes[i - 1], nodes)
+    return module_name(nodes[-2], nodes)  # no pooling (e.g. ViT): the input of the final head
+
+
+def module_name(node: str, nodes: list[str]) -> str:
+    """The shortest module prefix whose last node is ``node`` (``layer4`` for ``layer4.1.relu_1``)."""
+    parts = node.split(".")
+    for k in range(1, len(parts)):
+        prefix = ".".join(parts[:k])
+        inside = [n for n in nodes if n == prefix or n.startswith(prefix + ".")]
+        if inside and inside[-1] == node:
+            return prefix
+    return node
+
+
+def check_layer(layer: str, nodes: list[str], model_name: str) -> None:
+    prefixes = {".".join(n.split(".")[:k]) for n in nodes for k in range(1, n.count(".") + 2)}
+    if layer in prefixes:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(layer, sorted(prefixes), n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    shown = ", ".join(nodes[:3] + ["..."] + nodes[-4:]) if len(nodes) > 8 else ", ".join(nodes)
+    raise ModelError(
+        f"unknown layer {layer!r} for {model_name}: {hint}valid nodes are {shown} "
+        f"({len(nodes)} in all; `featcache models {model_name} --layers` lists them)"
+    )
+
+
+def pool_features(out: torch.Tensor, pool: str) -> torch.Tensor:
+    """Reduce spatial maps (N, C, H, W) or token sequences (N, T, D) to vectors."""
+    if pool == "none":
+        return out
+    if out.dim() == 4:
+        return out.mean((2, 3)) if pool == "avg" else out.amax((2, 3))
+    if out.dim() == 3:
+        return out.mean(1) if pool == "avg" else out.amax(1)
+    return out
+
+
+def check_pool(pool: str, shape: tuple[int, ...], layer: str) -> None:
+    if pool not in POOLS:
+        raise ModelError(f"unknown pooling {pool!r}: use one of {', '.join(POOLS)}")
+    if pool != "none" and len(shape) < 2:  # already a vector per image
+        raise ModelError(
+            f"--pool {pool} needs a spatial map, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"
+        )
+
+
+class Cut(nn.Module):
+    """A backbone body returning one tensor, followed by the chosen pooling."""
+
+    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], pool: str, modules: nn.Module):
+        super().__init__()
+        self.inner = modules  # registered so .to()/.eval() reach every parameter
+        self._body = body
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_features(self._body(x), self.pool)
+
+
+def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: extractor(x)[layer]
+
+
+def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int, model_name: str) -> tuple[int, ...]:
+    """Feature shape per image at ``size`` x ``size`` input, computed on the meta device."""
+    x = torch.empty(1, 3, size, size, device="meta")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = pool_features(body(x), pool)
+    except Exception as err:  # the model rejects the size (maps shrink to zero, fixed-size ViT, ...)
+        smallest = smallest_size(body, size)
+        fix = f"use --image-size {smallest} or larger" if smallest else "use the model's own input size"
+        raise ModelError(f"image size {size} is too small for {model_name} ({_first_line(err)}): {fix}") from None
+    shape = tuple(int(s) for s in out.shape[1:])
+    if any(s == 0 for s in shape):
+        raise ModelError(f"image size {size} gives an empty feature map for {model_name}: use a larger --image-size")
+    return shape
+
+
+def smallest_size(body, tried: int) -> int | None:
+    for size in (32, 64, 96, 128, 160, 192, 224, 256, 299, 384, 512):
+        if size <= tried:
+            continue
+        with contextlib.suppress(Exception), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body(torch.empty(1, 3, size, size, device="meta"))
+            return size
+    return None
+
+
+def _is_global_pool(model: nn.Module, node: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(node), _POOL_MODULES)
+    except AttributeError:  # a function call node such as ``adaptive_avg_pool2d`` or ``flatten_1``
+        return re.sub(r"_\d+$", "", node.rsplit(".", 1)[-1]) in _POOL_FUNCTIONS
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]

@@ -1,0 +1,102 @@
+"""Every torchvision classification model, by name, through torchvision's own registry."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from urllib.error import URLError
+
+from torch import nn
+
+from .. import config
+from ..errors import WeightsError
+from . import graph
+from . import weights as w
+from .family import Family
+from .spec import Preprocess, Weights
+
+# Classifier-only tails where the generic "input of the global pool" rule picks the class map.
+_DEFAULT_LAYERS = {"squeezenet1_0": "features", "squeezenet1_1": "features"}
+
+
+class TorchvisionFamily(Family):
+    name = "torchvision"
+
+    @functools.cache
+    def archs(self) -> list[str]:
+        import torchvision
+
+        return sorted(torchvision.models.list_models(module=torchvision.models))
+
+    def _enum(self, arch: str, choice: str):
+        from torchvision.models import get_model_weights, get_weight
+
+        enum_cls = get_model_weights(arch)
+        if choice.upper() == "DEFAULT":
+            return enum_cls.DEFAULT
+        name = choice.split(".")[-1]
+        try:
+            return get_weight(f"{enum_cls.__name__}.{name}")
+        except (ValueError, KeyError):
+            tags = ", ".join(m.name for m in enum_cls)
+            raise WeightsError(f"unknown weights {choice!r} for {arch}: use DEFAULT, none, a file path or one of {tags}") from None
+
+    def pretrained(self, arch: str, choice: str) -> Weights:
+        return Weights(kind="pretrained", identity=f"torchvision:{self._enum(arch, choice)}")
+
+    def preprocess(self, arch: str, weights: Weights) -> Preprocess:
+        enum = self._enum(arch, weights.identity.split(":", 1)[1] if weights.kind == "pretrained" else "DEFAULT")
+        t = enum.transforms()
+        return Preprocess(
+            resize_size=int(t.resize_size[0]),
+            crop_size=int(t.crop_size[0]),
+            interpolation=t.interpolation.value,
+            mean=tuple(t.mean),
+            std=tuple(t.std),
+        )
+
+    def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
+        from torchvision.models import get_model
+
+        # Vision transformers fix their input size at build time; convnets do not.
+        extra = {"image_size": image_size} if image_size and arch.startswith("vit_") else {}
+        return get_model(arch, weights=None, **extra)
+
+    def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
+        from torchvision.models import get_model
+
+        enum = self._enum(arch, weights.identity.split(":", 1)[1])
+        filename = Path(enum.url).name
+        cached = w.torch_hub_checkpoints() / filename
+        message = w.offline_message(str(enum), filename, enum.url, w.torch_hub_checkpoints())
+        if not cached.is_file() and config.offline():
+            raise WeightsError(message)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return get_model(arch, weights=enum)
+        except (URLError, ConnectionError, TimeoutError) as err:
+            raise WeightsError(message) from err
+        except RuntimeError as err:
+            if "hash" in str(err).lower():
+                raise WeightsError(f"cached weights {cached} are corrupt (hash mismatch): delete the file and retry") from err
+            raise
+
+    def nodes(self, model: nn.Module) -> list[str]:
+        from torchvision.models.feature_extraction import get_graph_node_names
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_graph_node_names(model)[1]
+
+    def default_layer(self, model: nn.Module, arch: str) -> str:
+        return _DEFAULT_LAYERS.get(arch) or graph.default_cut(model, self.nodes(model))
+
+    def body(self, model: nn.Module, layer: str):
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            extractor = create_feature_extractor(model, return_nodes=[layer])
+        return graph.fx_body(extractor, layer), extractor

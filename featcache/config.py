@@ -1,0 +1,32 @@
+"""Where featcache reads and writes by default, and the environment variables that move it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_DIR_ENV = "FEATCACHE_CACHE_DIR"
+RUNS_DIR_ENV = "FEATCACHE_RUNS_DIR"
+# Forbid any download attempt (like HF_HUB_OFFLINE): missing weights fail at once with the
+# offline message instead of waiting for a network timeout.
+OFFLINE_ENV = "FEATCACHE_OFFLINE"
+
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_CACHE_DIR = Path(".featcache")
+DEFAULT_RUNS_DIR = Path("runs")
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def cache_dir(value: str | os.PathLike | None = None) -> Path:
+    return Path(value or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
+def runs_dir(value: str | os.PathLike | None = None) -> Path:
+    return Path(value or os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
+
+
+def offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+        for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")
+    )

@@ -1,0 +1,143 @@
+"""The local batched extraction engine: DataLoader workers decode, one process runs the backbone.
+
+Workers ship uint8 crops; normalisation, the forward pass (``inference_mode``, optional autocast
+and channels_last) and the cast to the storage dtype happen per batch in the main process, and
+every batch is committed to staging before the next one is read, so memory stays flat in the
+number of images and a crash loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import backbones
+from .backbones.spec import ExtractorSpec
+from .errors import CacheError, ImageDecodeError, ModelError
+from .images import Decode, ImageRows, Transform, collate, normalize
+from .manifest import display
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Measured on a 2-core CPU (bench/extract_speed.py): the fastest batch size per architecture.
+# Larger batches are slower there for depthwise-heavy nets; on a GPU larger is better.
+CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 16, "efficientnet_lite0": 16, "resnet18": 32, "vgg16": 16}
+CPU_DEFAULT_BATCH = 32
+CUDA_DEFAULT_BATCH = 128
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    batch_size: int
+    workers: int
+    device: torch.device
+    precision: str  # fp32 | fp16 | bf16
+    channels_last: bool = True
+    on_error: str = "skip"  # skip | fail
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+    elif dev.type != "cpu":
+        raise ModelError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+    return precision
+
+
+def auto_batch_size(spec: ExtractorSpec, device: torch.device) -> int:
+    if device.type == "cuda":
+        return CUDA_DEFAULT_BATCH
+    return CPU_BATCH_SIZES.get(spec.backbone.arch, CPU_DEFAULT_BATCH)
+
+
+def auto_workers(device: torch.device) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 1 if cores <= 2 else min(4, cores // 2)
+
+
+class Forward:
+    """The backbone on a device, turning uint8 batches into float32 numpy features."""
+
+    def __init__(self, spec: ExtractorSpec, device: torch.device, precision: str, channels_last: bool = True):
+        self.spec, self.device, self.precision = spec, device, precision
+        self.channels_last = channels_last
+        model = backbones.build(spec).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.to(self.device, non_blocking=True)
+        x = normalize(x, self.spec.backbone.preprocess)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        if dtype is not None:
+            with torch.autocast(self.device.type, dtype=dtype):
+                y = self.model(x)
+        else:
+            y = self.model(x)
+        return y.float().contiguous().cpu().numpy()
+
+
+def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    out = features.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        hint = "use --dtype float32" if dtype == "float16" and np.isfinite(features).all() else "check the weights"
+        raise CacheError(f"non-finite feature values in {where} when stored as {dtype}: {hint}")
+    return out
+
+
+def run(spec: ExtractorSpec, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
+        options: EngineOptions, decode: Decode, dtype: str, progress) -> int:
+    """Extract ``indices`` (aligned with absolute ``files``) batch by batch into ``staging``."""
+    if not indices:
+        return 0
+    dataset = ImageRows(files, indices, Transform(spec.backbone.preprocess, decode), known_bad)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=False,
+        num_workers=options.workers,
+        collate_fn=collate,
+        pin_memory=options.device.type == "cuda",
+        prefetch_factor=4 if options.workers else None,
+        persistent_workers=False,
+    )
+    forward = Forward(spec, options.device, options.precision, options.channels_last)
+    path_of = dict(zip(indices, files))
+    done = 0
+    for batch_indices, batch, bad in loader:
+        if bad and options.on_error == "fail":
+            index, reason = bad[0]
+            raise ImageDecodeError(f"cannot use {display(path_of[index])}: {reason} (use --on-error skip to skip bad files)")
+        features = None
+        if batch is not None:
+            features = to_storage(forward(batch), dtype, display(path_of[int(batch_indices[0])]))
+        staging.commit(batch_indices.numpy(), features, bad)
+        done += len(batch_indices) + len(bad)
+        progress.update(len(batch_indices) + len(bad))
+    return done

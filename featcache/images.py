@@ -1,0 +1,156 @@
+"""Decoding any image a user's folder holds into the backbone's input, or a reason why not.
+
+Every mode Pillow opens is turned into RGB the same way on every path (extraction, prediction):
+EXIF orientation applied first, alpha composited over white, 16-bit samples scaled (not clipped)
+to 8 bits. Decoding errors never escape as exceptions from a worker: they come back as reasons.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .backbones.spec import Preprocess
+
+# Bump when decoding changes the pixels it produces: it is part of the feature-set id.
+DECODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How files become pixels; ``draft`` lets libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale."""
+
+    draft: bool = True
+
+    def key(self) -> dict:
+        return {"version": DECODE_VERSION, "draft": self.draft, "alpha": "over-white", "exif": True}
+
+
+class BadImage(Exception):
+    """An image that cannot be used; ``str()`` is the reason shown to the user."""
+
+
+def open_rgb(path: str, min_size: int | None = None, draft: bool = True) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if draft and min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+    except Image.DecompressionBombWarning as err:
+        raise BadImage(f"too large to decode safely ({_pixels(err)} > Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except Image.DecompressionBombError as err:
+        raise BadImage(f"too large to decode safely ({_pixels(err)} > 2x Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read (unknown format or corrupt header)") from None
+    except PermissionError:
+        raise BadImage("permission denied") from None
+    except IsADirectoryError:
+        raise BadImage("is a directory") from None
+    except FileNotFoundError:
+        raise BadImage("file disappeared during extraction") from None
+    except OSError as err:
+        text = str(err).lower()
+        if "truncated" in text or "premature" in text or "broken" in text:
+            raise BadImage("truncated or corrupt image data") from None
+        if getattr(err, "errno", None) and err.strerror:
+            raise BadImage(err.strerror.lower()) from None
+        raise BadImage(f"cannot decode: {str(err)[:100]}") from None
+    except (SyntaxError, ValueError, EOFError) as err:  # Pillow raises these for some corrupt files
+        raise BadImage(f"corrupt image: {str(err)[:100]}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        arr = np.clip(arr, 0, top) * 255 // top
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _pixels(err: Exception) -> str:
+    import re
+
+    match = re.search(r"\((\d+) pixels\)", str(err))
+    return f"{int(match[1]):,} pixels" if match else "too many pixels"
+
+
+class Transform:
+    """PIL RGB -> uint8 (3, crop, crop) tensor: resize the shorter side, then center crop.
+
+    Normalisation happens on whole batches (``normalize``), on the device, so workers ship uint8.
+    """
+
+    def __init__(self, preprocess: Preprocess, decode: Decode = Decode()):
+        from torchvision.transforms import InterpolationMode
+
+        self.preprocess = preprocess
+        self.decode = decode
+        self.interpolation = InterpolationMode(preprocess.interpolation)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        p = self.preprocess
+        img = open_rgb(path, min_size=p.resize_size, draft=self.decode.draft)
+        img = F.resize(img, [p.resize_size], interpolation=self.interpolation, antialias=True)
+        img = F.center_crop(img, [p.crop_size, p.crop_size])
+        return F.pil_to_tensor(img)
+
+
+def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, (x / 255 - mean) / std in one pass."""
+    mean = torch.tensor(preprocess.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(preprocess.std, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return batch.float().sub_(mean).div_(std)
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Manifest entries -> (entry index, uint8 tensor or None, reason or None)."""
+
+    def __init__(self, files: list[str], indices: list[int], transform: Transform, known_bad: dict[int, str] | None = None):
+        self.files, self.indices, self.transform = files, indices, transform
+        self.known_bad = known_bad or {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        if index in self.known_bad:
+            return index, None, self.known_bad[index]
+        try:
+            return index, self.transform(self.files[i]), None
+        except BadImage as err:
+            return index, None, str(err)
+        except Exception as err:  # a decoder bug must cost one image, not the whole extraction
+            return index, None, f"cannot decode: {type(err).__name__}: {str(err)[:80]}"
+
+
+def collate(items):
+    good = [(i, t) for i, t, _ in items if t is not None]
+    bad = [(i, r) for i, t, r in items if t is None]
+    if good:
+        indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
+        return indices, torch.stack([t for _, t in good]), bad
+    return torch.empty(0, dtype=torch.int64), None, bad
+

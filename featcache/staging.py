@@ -1,0 +1,162 @@
+"""Crash-safe staging of extracted rows: what makes ``kill -9`` cost at most one batch.
+
+An extraction in progress is a directory ``<name>.partial/`` beside the cache files. Each batch is
+committed as a segment: its features in ``seg-N.npy`` and, written last, ``seg-N.json`` holding the
+manifest entries it covers and any skipped files. Both are written to a temporary name and moved
+into place, so a segment either exists whole or not at all. Resuming reads the committed segments
+and extracts only what they lack; assembling reads them in manifest order into one HDF5 file
+(``store.write_feature_set``). Nothing here is the final cache entry, so nothing here can be taken
+for a complete feature set.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CacheError
+
+HEADER = "staging.json"
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def disk_full_error(err: OSError, where: Path, what: str) -> CacheError:
+    return CacheError(
+        f"disk full while writing {what} in {where} ({err.strerror}): free space (or choose --cache-dir), "
+        "then run the same command again to resume; the rows written so far are kept"
+    )
+
+
+class Staging:
+    def __init__(self, directory: Path, header: dict):
+        self.dir = Path(directory)
+        self.header = header
+        self._segments: list[dict] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path, header: dict) -> "Staging":
+        """Resume a staging directory with the same header, or start a new one."""
+        directory = Path(directory)
+        existing = directory / HEADER
+        if existing.is_file():
+            try:
+                old = json.loads(existing.read_text())
+            except ValueError:
+                old = None
+            if old == header:
+                staging = cls(directory, header)
+                staging._drop_orphans()
+                return staging
+            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            _atomic_write(directory / HEADER, json.dumps(header, sort_keys=True).encode())
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise disk_full_error(err, directory.parent, "the staging header") from None
+            raise
+        return cls(directory, header)
+
+    @staticmethod
+    def read_header(directory: Path) -> dict | None:
+        try:
+            return json.loads((Path(directory) / HEADER).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _drop_orphans(self) -> None:
+        """Delete feature files whose commit record never landed (killed between the two writes)."""
+        committed = {p.stem for p in self.dir.glob("seg-*.json")}
+        for p in self.dir.iterdir():
+            if p.name.endswith(".tmp") or (p.suffix == ".npy" and p.stem not in committed):
+                p.unlink(missing_ok=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def commit(self, indices: np.ndarray, features: np.ndarray | None, skipped: list[tuple[int, str]]) -> None:
+        number = len(self.segments())
+        stem = f"seg-{number:07d}"
+        indices = np.asarray(indices, dtype=np.int64)
+        try:
+            if len(indices):
+                _atomic_save_npy(self.dir / f"{stem}.npy", features)
+            record = {"indices": indices.tolist(), "skipped": [[int(i), r] for i, r in skipped]}
+            _atomic_write(self.dir / f"{stem}.json", json.dumps(record).encode())
+        except OSError as err:
+            for suffix in (".npy", ".npy.tmp", ".json.tmp"):
+                (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            if err.errno in DISK_FULL:
+                raise disk_full_error(err, self.dir.parent, "extracted features") from None
+            raise
+        self._segments.append({"stem": stem, **record})
+
+    # -- reading ---------------------------------------------------------------------------------
+    def segments(self) -> list[dict]:
+        if self._segments is None:
+            self._segments = []
+            for p in sorted(self.dir.glob("seg-*.json")):
+                record = json.loads(p.read_text())
+                self._segments.append({"stem": p.stem, **record})
+        return self._segments
+
+    def covered(self) -> set[int]:
+        """Manifest entries already done: extracted or skipped."""
+        done: set[int] = set()
+        for seg in self.segments():
+            done.update(seg["indices"])
+            done.update(i for i, _ in seg["skipped"])
+        return done
+
+    def skipped(self) -> dict[int, str]:
+        return {i: r for seg in self.segments() for i, r in seg["skipped"]}
+
+    def n_rows(self) -> int:
+        return sum(len(seg["indices"]) for seg in self.segments())
+
+    def rows_in_order(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(entry indices, features) blocks in manifest order, reading segments memory-mapped."""
+        segs = [s for s in self.segments() if s["indices"]]
+        if not segs:
+            return
+        index = np.concatenate([np.asarray(s["indices"], dtype=np.int64) for s in segs])
+        seg_of = np.concatenate([np.full(len(s["indices"]), k, dtype=np.int64) for k, s in enumerate(segs)])
+        pos_of = np.concatenate([np.arange(len(s["indices"]), dtype=np.int64) for s in segs])
+        order = np.argsort(index, kind="stable")
+        if np.any(np.diff(index[order]) == 0):
+            raise CacheError(f"staging {self.dir} holds the same image twice: delete it and extract again")
+        maps: dict[int, np.ndarray] = {}
+        for start in range(0, len(order), block_rows):
+            sel = order[start:start + block_rows]
+            block = None
+            for k in np.unique(seg_of[sel]):
+                if k not in maps:
+                    maps[k] = np.load(self.dir / f"{segs[k]['stem']}.npy", mmap_mode="r", allow_pickle=False)
+                mine = seg_of[sel] == k
+                rows = maps[k][pos_of[sel][mine]]
+                if block is None:
+                    block = np.empty((len(sel),) + rows.shape[1:], dtype=rows.dtype)
+                block[mine] = rows
+            yield index[sel], block
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(tmp, path)

@@ -1,0 +1,286 @@
+"""The feature-set file: one self-describing HDF5 file per feature set (the only module using h5py).
+
+Layout of ``<id>.h5``::
+
+    /features       (rows, *feature_shape) float16|float32, chunked along rows (~1 MiB), fletcher32
+    /labels         (rows,) int32, index into /class_names
+    /paths          (rows,) relative path of each row's image (bytes: any file name survives)
+    /split          (rows,) "train" | "val" | "test" | ""
+    /index          (rows,) the row's entry in /manifest
+    /class_names    (classes,)
+    /manifest/{path,size,mtime_ns,label,split}   every input file, for staleness and incremental updates
+    /skipped/{index,reason}                      files that could not be used, and why
+    attributes      model, weights, layer, pool, preprocessing, feature shape, versions, manifest hash,
+                    content hash, creation time, complete=True, ...
+
+A file only ever appears under its final name by ``os.replace`` from a temporary name once every
+row and attribute is written, so a file under a final name is complete; ``complete`` is checked too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .errors import CacheError
+from .manifest import Manifest
+from .staging import DISK_FULL, Staging, disk_full_error
+
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB per dataset
+COMPRESSION = "lzf"  # chosen by bench/hdf5_io.py; readable by any h5py without plugins
+SUFFIX = ".h5"
+_BYTES = h5py.vlen_dtype(bytes)
+_STR = h5py.string_dtype("utf-8")
+_JSON_ATTRS = ("preprocess", "decode", "versions", "key", "extract_args", "data_root", "feature_shape")
+
+
+def chunk_rows(feature_shape: tuple[int, ...], dtype: str, n_rows: int) -> int:
+    row_bytes = int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return int(max(1, min(n_rows, round(CHUNK_BYTES / max(row_bytes, 1)))))
+
+
+def write_feature_set(
+    path: Path,
+    attrs: dict,
+    manifest: Manifest,
+    staging: Staging,
+    feature_shape: tuple[int, ...],
+    dtype: str,
+    on_block=None,
+) -> str:
+    """Assemble staged rows into ``path`` atomically; returns the content hash."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n_rows = staging.n_rows()
+    skipped = staging.skipped()
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+            rows = chunk_rows(feature_shape, dtype, n_rows)
+            feats = f.create_dataset(
+                "features",
+                shape=(n_rows,) + tuple(feature_shape),
+                dtype=dtype,
+                chunks=(rows,) + tuple(feature_shape) if n_rows else None,
+                compression=COMPRESSION if n_rows else None,
+                shuffle=bool(n_rows),
+                fletcher32=bool(n_rows),
+            )
+            digest = hashlib.sha256()
+            index = np.empty(n_rows, dtype=np.int64)
+            at = 0
+            for idx, block in staging.rows_in_order(block_rows=rows * 8):
+                block = np.ascontiguousarray(block, dtype=dtype)
+                feats[at:at + len(idx)] = block
+                digest.update(block.tobytes())
+                index[at:at + len(idx)] = idx
+                at += len(idx)
+                if on_block:
+                    on_block(len(idx))
+            labels = manifest.labels[index].astype(np.int32)
+            digest.update(labels.tobytes())
+            digest.update(index.tobytes())
+            f.create_dataset("labels", data=labels)
+            f.create_dataset("index", data=index)
+            f.create_dataset("paths", data=np.array([os.fsencode(manifest.paths[i]) for i in index], dtype=object), dtype=_BYTES)
+            f.create_dataset("split", data=np.array([manifest.splits[i] for i in index], dtype=object), dtype=_STR)
+            f.create_dataset("class_names", data=np.array(manifest.class_names, dtype=object), dtype=_STR)
+            m = f.create_group("manifest")
+            m.create_dataset("path", data=np.array([os.fsencode(p) for p in manifest.paths], dtype=object), dtype=_BYTES)
+            m.create_dataset("size", data=manifest.sizes)
+            m.create_dataset("mtime_ns", data=manifest.mtimes)
+            m.create_dataset("label", data=manifest.labels)
+            m.create_dataset("split", data=np.array(manifest.splits, dtype=object), dtype=_STR)
+            s = f.create_group("skipped")
+            s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
+            s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
+            content = digest.hexdigest()
+            for key, value in {**attrs, "content_sha256": content, "n_rows": n_rows, "n_skipped": len(skipped)}.items():
+                f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
+            f.attrs["complete"] = True
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in DISK_FULL or "No space left" in str(err) or "File too large" in str(err):
+            raise disk_full_error(err, path.parent, "the feature set") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return content
+
+
+class FeatureSet:
+    """A complete feature set opened for reading; mapping-like, a context manager.
+
+    ``features`` is the lazy h5py dataset (slice it); ``load()`` reads everything into memory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise CacheError(f"feature set {self.path} does not exist: run `featcache extract` or pick one from `featcache cache list`") from None
+        except OSError as err:
+            raise CacheError(
+                f"feature set {self.path} is unreadable or corrupted ({_h5_reason(err)}): "
+                f"delete it (`featcache cache rm {self.path.stem}`) and run `featcache extract` again"
+            ) from None
+        if not self._file.attrs.get("complete", False) or "features" not in self._file:
+            self._file.close()
+            raise CacheError(f"feature set {self.path} is incomplete: run the same `featcache extract` again to finish it")
+        self.meta = read_attrs(self._file)
+
+    # -- mapping-like access ---------------------------------------------------------------------
+    def __getitem__(self, name: str):
+        return self._file[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file
+
+    def __enter__(self) -> "FeatureSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def __repr__(self) -> str:
+        return f"<FeatureSet {self.id} {self.meta.get('model')} {self.meta.get('layer')} {len(self)}x{self.feature_shape}>"
+
+    def __len__(self) -> int:
+        return int(self._file["features"].shape[0])
+
+    # -- contents --------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+    @property
+    def features(self) -> h5py.Dataset:
+        return self._file["features"]
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self._file["features"].shape[1:])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._file["labels"][()]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [_text(v) for v in self._file["class_names"][()]]
+
+    @property
+    def paths(self) -> list[str]:
+        return [os.fsdecode(v) for v in self._file["paths"][()]]
+
+    @property
+    def split(self) -> np.ndarray:
+        return np.array([_text(v) for v in self._file["split"][()]], dtype=object)
+
+    @property
+    def index(self) -> np.ndarray:
+        return self._file["index"][()]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        m = [os.fsdecode(v) for v in self._file["manifest/path"][()]]
+        idx = self._file["skipped/index"][()]
+        reasons = [_text(v) for v in self._file["skipped/reason"][()]]
+        return [(m[i], r) for i, r in zip(idx.tolist(), reasons)]
+
+    def manifest_signatures(self) -> dict[str, tuple[int, int]]:
+        m = self._file["manifest"]
+        paths = [os.fsdecode(v) for v in m["path"][()]]
+        return dict(zip(paths, zip(m["size"][()].tolist(), m["mtime_ns"][()].tolist())))
+
+    def manifest_entries(self) -> tuple[list[str], np.ndarray, list[str]]:
+        """(paths, labels, splits) of every input file, including skipped ones."""
+        m = self._file["manifest"]
+        return [os.fsdecode(v) for v in m["path"][()]], m["label"][()], [_text(v) for v in m["split"][()]]
+
+    def load(self, dtype=None) -> np.ndarray:
+        """All features in memory (contiguous read: far faster than h5py fancy indexing)."""
+        data = self._file["features"][()]
+        return data.astype(dtype, copy=False) if dtype is not None else data
+
+    def iter_blocks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        ds = self._file["features"]
+        step = rows or (ds.chunks[0] if ds.chunks else max(len(self), 1))
+        for start in range(0, len(self), step):
+            yield start, ds[start:start + step]
+
+
+def read_attrs(f: h5py.File) -> dict:
+    out = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in _JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)  # data, never evaluated
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        out[key] = value
+    return out
+
+
+def peek(path: Path) -> dict | None:
+    """Attributes of a feature-set file, or None when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            return read_attrs(f)
+    except (OSError, ValueError):
+        return None
+
+
+def verify(path: Path) -> list[str]:
+    """Problems found by reading every chunk (fletcher32) and recomputing the content hash."""
+    try:
+        fs = FeatureSet(path)
+    except CacheError as err:
+        return [str(err)]
+    problems = []
+    with fs:
+        try:
+            digest = hashlib.sha256()
+            for _, block in fs.iter_blocks():
+                digest.update(np.ascontiguousarray(block).tobytes())
+            digest.update(fs.labels.astype(np.int32).tobytes())
+            digest.update(fs.index.astype(np.int64).tobytes())
+            if digest.hexdigest() != fs.meta.get("content_sha256"):
+                problems.append("content hash differs from the one recorded at extraction: the file was altered")
+            n = len(fs)
+            for name in ("labels", "paths", "split", "index"):
+                if fs[name].shape[0] != n:
+                    problems.append(f"/{name} has {fs[name].shape[0]} rows, /features has {n}")
+        except OSError as err:
+            problems.append(f"unreadable data ({_h5_reason(err)})")
+    return problems
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _h5_reason(err: Exception) -> str:
+    text = str(err)
+    for hint in ("truncated", "signature", "checksum", "Fletcher32", "bad object header", "file locking"):
+        if hint.lower() in text.lower():
+            if hint == "file locking":
+                return "HDF5 file locking failed; on network filesystems set HDF5_USE_FILE_LOCKING=FALSE"
+            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch"}.get(hint, hint)
+    return text.splitlines()[0][:120] if text else type(err).__name__
