@@ -23,7 +23,7 @@ from .errors import CacheError, FeatcacheError
 from .images import Decode
 from .manifest import Manifest, display, scan
 from .staging import Staging
-from .store import FORMAT_VERSION, FeatureSet, write_feature_set
+from .store import FORMAT_VERSION, FeatureSet, write_isolated
 
 DTYPES = ("float16", "float32")
 ON_ERROR = ("skip", "fail")
@@ -179,7 +179,7 @@ def extract(
             "cache_dir": str(cache_dir) if cache_dir else None,
         }
         attrs = _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, (lo, hi), args, seconds, len(todo), torch)
-        write_feature_set(final, attrs, manifest, staging, spec.feature_shape, dtype)
+        write_isolated(final, attrs, manifest, staging, spec.feature_shape, dtype)
         staging.remove()
     with FeatureSet(final) as fs:
         result = ExtractResult(

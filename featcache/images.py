@@ -43,9 +43,9 @@ def open_rgb(path: str, min_size: int | None = None, draft: bool = True) -> Imag
                 img.draft("RGB", (min_size, min_size))
             img.load()
     except Image.DecompressionBombWarning as err:
-        raise BadImage(f"too large to decode safely ({_pixels(err)} > Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise BadImage(f"too large to decode safely ({_pixels(err)} > Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except Image.DecompressionBombError as err:
-        raise BadImage(f"too large to decode safely ({_pixels(err)} > 2x Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise BadImage(f"too large to decode safely ({_pixels(err)} > 2x Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
         raise BadImage("not an image Pillow can read (unknown format or corrupt header)") from None
     except PermissionError:

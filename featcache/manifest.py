@@ -192,4 +192,6 @@ def _stat(path: str) -> tuple[int, int, str | None]:
         return -1, 0, f"cannot stat file: {reason}"
     if not stat_mod.S_ISREG(st.st_mode):
         return -1, 0, "not a regular file"
+    if st.st_size == 0:
+        return 0, int(st.st_mtime_ns), "empty file (0 bytes)"
     return int(st.st_size), int(st.st_mtime_ns), None

@@ -26,9 +26,18 @@ HEADER = "staging.json"
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def disk_full_error(err: OSError, where: Path, what: str) -> CacheError:
+def is_disk_full(err: Exception) -> bool:
+    """ENOSPC/EDQUOT/EFBIG, or a short write that numpy or HDF5 reports without an errno."""
+    text = str(err)
+    return getattr(err, "errno", None) in DISK_FULL or any(
+        t in text for t in ("No space left", "File too large", "write failed", "requested and")
+    )
+
+
+def disk_full_error(err: Exception, where: Path, what: str) -> CacheError:
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:80]
     return CacheError(
-        f"disk full while writing {what} in {where} ({err.strerror}): free space (or choose --cache-dir), "
+        f"disk full while writing {what} in {where} ({reason}): free space (or choose --cache-dir), "
         "then run the same command again to resume; the rows written so far are kept"
     )
 
@@ -59,7 +68,7 @@ class Staging:
             directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(directory / HEADER, json.dumps(header, sort_keys=True).encode())
         except OSError as err:
-            if err.errno in DISK_FULL:
+            if is_disk_full(err):
                 raise disk_full_error(err, directory.parent, "the staging header") from None
             raise
         return cls(directory, header)
@@ -94,7 +103,7 @@ class Staging:
         except OSError as err:
             for suffix in (".npy", ".npy.tmp", ".json.tmp"):
                 (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
-            if err.errno in DISK_FULL:
+            if is_disk_full(err):
                 raise disk_full_error(err, self.dir.parent, "extracted features") from None
             raise
         self._segments.append({"stem": stem, **record})

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import CacheError
 from .manifest import Manifest
-from .staging import DISK_FULL, Staging, disk_full_error
+from .staging import Staging, disk_full_error, is_disk_full
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB per dataset
@@ -50,16 +50,19 @@ def write_feature_set(
     path: Path,
     attrs: dict,
     manifest: Manifest,
-    staging: Staging,
+    rows_source: Staging,
     feature_shape: tuple[int, ...],
     dtype: str,
-    on_block=None,
 ) -> str:
-    """Assemble staged rows into ``path`` atomically; returns the content hash."""
+    """Write rows into ``path`` atomically; returns the content hash.
+
+    ``rows_source`` is anything with ``n_rows()``, ``skipped()`` and ``rows_in_order(block_rows)``:
+    a ``Staging`` directory, or the shards being merged.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n_rows = staging.n_rows()
-    skipped = staging.skipped()
+    n_rows = rows_source.n_rows()
+    skipped = rows_source.skipped()
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
             rows = chunk_rows(feature_shape, dtype, n_rows)
@@ -75,14 +78,12 @@ def write_feature_set(
             digest = hashlib.sha256()
             index = np.empty(n_rows, dtype=np.int64)
             at = 0
-            for idx, block in staging.rows_in_order(block_rows=rows * 8):
+            for idx, block in rows_source.rows_in_order(block_rows=rows * 8):
                 block = np.ascontiguousarray(block, dtype=dtype)
                 feats[at:at + len(idx)] = block
                 digest.update(block.tobytes())
                 index[at:at + len(idx)] = idx
                 at += len(idx)
-                if on_block:
-                    on_block(len(idx))
             labels = manifest.labels[index].astype(np.int32)
             digest.update(labels.tobytes())
             digest.update(index.tobytes())
@@ -105,15 +106,61 @@ def write_feature_set(
                 f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
             f.attrs["complete"] = True
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
         tmp.unlink(missing_ok=True)
-        if err.errno in DISK_FULL or "No space left" in str(err) or "File too large" in str(err):
+        if is_disk_full(err):
             raise disk_full_error(err, path.parent, "the feature set") from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return content
+
+
+def write_isolated(*args) -> str:
+    """``write_feature_set`` in a forked child process.
+
+    When a write fails mid-file (disk full), the HDF5 library can leave its state broken and crash
+    the process at exit. Writing from a child keeps the extracting process alive, so the user gets
+    a one-line message and the staged rows stay resumable.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            send.send(("ok", write_feature_set(*args)))
+        except CacheError as err:
+            send.send(("cache", str(err)))
+        except BaseException as err:  # reported by the parent; the child must not run h5py's exit hooks
+            send.send(("error", f"{type(err).__name__}: {err}"))
+        finally:
+            send.close()
+            os._exit(0)
+
+    process = ctx.Process(target=child, daemon=False)
+    process.start()
+    send.close()
+    try:
+        kind, value = receive.recv()
+    except EOFError:
+        kind, value = "crash", None
+    process.join()
+    path = Path(args[0])
+    for stray in path.parent.glob(f".{path.name}.tmp-*"):
+        stray.unlink(missing_ok=True)
+    if kind == "ok":
+        return value
+    if kind == "cache":
+        raise CacheError(value)
+    if kind == "crash" or is_disk_full(Exception(value)):
+        raise CacheError(
+            f"writing feature set {path.name} failed (disk full or I/O error: {value or f'exit code {process.exitcode}'}): "
+            "free space (or choose --cache-dir), then run the same command again to resume; the rows written so far are kept"
+        )
+    raise RuntimeError(value)
 
 
 class FeatureSet:
@@ -206,10 +253,18 @@ class FeatureSet:
         paths = [os.fsdecode(v) for v in m["path"][()]]
         return dict(zip(paths, zip(m["size"][()].tolist(), m["mtime_ns"][()].tolist())))
 
-    def manifest_entries(self) -> tuple[list[str], np.ndarray, list[str]]:
-        """(paths, labels, splits) of every input file, including skipped ones."""
+    def manifest(self) -> Manifest:
+        """Every input file the set was made from, skipped ones included."""
         m = self._file["manifest"]
-        return [os.fsdecode(v) for v in m["path"][()]], m["label"][()], [_text(v) for v in m["split"][()]]
+        return Manifest(
+            root=Path(self.meta.get("data_root", ".")),
+            paths=[os.fsdecode(v) for v in m["path"][()]],
+            sizes=m["size"][()],
+            mtimes=m["mtime_ns"][()],
+            labels=m["label"][()],
+            splits=[_text(v) for v in m["split"][()]],
+            class_names=self.class_names,
+        )
 
     def load(self, dtype=None) -> np.ndarray:
         """All features in memory (contiguous read: far faster than h5py fancy indexing)."""

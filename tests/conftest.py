@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,20 @@ def cli_env(**extra) -> dict:
     return env
 
 
-def featcache(*args, cwd=None, env=None, timeout=600, **popen) -> subprocess.CompletedProcess:
-    """Run the installed console script exactly as a user would."""
+def featcache_command() -> list[str]:
     exe = Path(sys.executable).with_name("featcache")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
-    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
-                          timeout=timeout, **popen)
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
+
+
+def featcache(*args, cwd=None, env=None, timeout=600, prefix=(), **popen) -> subprocess.CompletedProcess:
+    """Run the installed console script exactly as a user would."""
+    cmd = list(prefix) + featcache_command() + [str(a) for a in args]
+    return subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def without_root_privileges() -> list[str] | None:
+    """A command prefix under which file permissions apply even to root (None: cannot arrange it)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"] if setpriv else None

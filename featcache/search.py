@@ -1,0 +1,107 @@
+"""Grid search over one head: one loop owns cloning, folds, parallelism, refit and the results table.
+
+The table has scikit-learn's ``cv_results_`` columns (``params``, ``param_C``,
+``split0_test_score``, ``mean_test_score``, ``rank_test_score``, ``mean_fit_time`` ...), so a run's
+metrics are that dict written out. Candidates x folds run through joblib, so ``backend="ray"``
+(joblib's Ray backend) spreads them over a cluster with no other change. A head may provide a
+``search_path`` that evaluates a whole grid at once (e.g. sharing one Gram matrix between C values);
+it returns the same per-fold scores and is used transparently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import clone
+
+from . import progress
+
+
+@dataclass
+class SearchResult:
+    cv_results: dict
+    best_index: int
+    best_params: dict
+    best_estimator: object
+    refit_seconds: float
+
+
+def candidates(grid: dict[str, list]) -> list[dict]:
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))] or [{}]
+
+
+def _fit_and_score(estimator, params: dict, X, y, train, valid):
+    est = clone(estimator).set_params(**params)
+    start = time.perf_counter()
+    est.fit(X[train], y[train])
+    fit_time = time.perf_counter() - start
+    start = time.perf_counter()
+    score = float(est.score(X[valid], y[valid]))
+    return score, fit_time, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def parallel_backend(backend: str, n_jobs: int):
+    if backend == "ray":
+        from .ray_engine import joblib_backend
+
+        with joblib_backend(n_jobs):
+            yield
+    else:
+        yield
+
+
+def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, folds, n_jobs: int = 1,
+                backend: str = "local", progress_bar: bool = True) -> SearchResult:
+    from joblib import Parallel, delayed
+
+    cands = candidates(grid)
+    n_folds = len(folds)
+    scores = np.empty((len(cands), n_folds))
+    fit_times = np.empty_like(scores)
+    score_times = np.empty_like(scores)
+    bar = progress.bar(len(cands) * n_folds, f"search {type(estimator).__name__}", progress_bar, unit="fit")
+    path = getattr(estimator, "search_path", None)
+    if callable(path):
+        scores[:], fit_times[:], score_times[:] = path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update)
+    else:
+        jobs = [(c, f) for c in range(len(cands)) for f in range(n_folds)]
+        with parallel_backend(backend, n_jobs):
+            runner = Parallel(n_jobs=n_jobs, return_as="generator")
+            results = runner(delayed(_fit_and_score)(estimator, cands[c], X, y, *folds[f]) for c, f in jobs)
+            for (c, f), (score, fit_time, score_time) in zip(jobs, results):
+                scores[c, f], fit_times[c, f], score_times[c, f] = score, fit_time, score_time
+                bar.update()
+    bar.close()
+    table = results_table(cands, scores, fit_times, score_times)
+    best = int(np.argmin(table["rank_test_score"]))
+    start = time.perf_counter()
+    best_estimator = clone(estimator).set_params(**cands[best]).fit(X, y)
+    return SearchResult(table, best, cands[best], best_estimator, time.perf_counter() - start)
+
+
+def results_table(cands: list[dict], scores: np.ndarray, fit_times: np.ndarray, score_times: np.ndarray) -> dict:
+    table: dict[str, list] = {"params": cands}
+    for name in sorted({k for c in cands for k in c}):
+        table[f"param_{name}"] = [c.get(name) for c in cands]
+    for f in range(scores.shape[1]):
+        table[f"split{f}_test_score"] = scores[:, f].tolist()
+    mean, std = scores.mean(1), scores.std(1)
+    table["mean_test_score"] = mean.tolist()
+    table["std_test_score"] = std.tolist()
+    # Ties rank equal (scikit-learn's "min" ranking); the first of equals wins, as in GridSearchCV.
+    order = (-np.round(mean, 12)).argsort(kind="stable")
+    rank = np.empty(len(mean), dtype=int)
+    rounded = np.round(mean, 12)
+    for position, i in enumerate(order):
+        rank[i] = position + 1 if position == 0 or rounded[i] != rounded[order[position - 1]] else rank[order[position - 1]]
+    table["rank_test_score"] = rank.tolist()
+    table["mean_fit_time"] = fit_times.mean(1).tolist()
+    table["std_fit_time"] = fit_times.std(1).tolist()
+    table["mean_score_time"] = score_times.mean(1).tolist()
+    return table
