@@ -249,6 +249,157 @@ def cache_merge(ref, cache_dir, quiet):
     click.echo(merge(ref, cache_dir, progress_bar=not quiet).summary())
 
 
+# ------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--head", "head", default="svm", show_default=True, help="Classifier head: svm, logreg, gap, mlp (see `featcache heads`).")
+@click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
+@click.option("--param", "params", multiple=True, metavar="NAME=v1,v2", help="Search these values (repeatable; several names form a full grid).")
+@click.option("--set", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a head parameter without searching it.")
+@click.option("--cv", type=int, default=None, help="Cross-validation folds [default: 10 for svm, 5 otherwise].")
+@click.option("--test-size", type=float, default=0.2, show_default=True, help="Stratified hold-out fraction when there is no test/ split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the hold-out, the folds and the heads.")
+@click.option("--n-jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run the fits here or on Ray.")
+@click.option("--allow-stale", is_flag=True, help="Fit even if the image folder changed since extraction.")
+@CACHE_DIR
+@RUNS_DIR
+@QUIET
+@JSON
+def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, cache_dir, runs_dir, quiet, as_json):
+    """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
+    from classifiers import get_head
+    from featcache.params import parse_params
+    from featcache.pipeline import fit as run_fit
+
+    head_cls = get_head(head)
+    grid = parse_params(head_cls, params) if params else None
+    fixed_params = {k: v[0] for k, v in parse_params(head_cls, fixed).items()} if fixed else None
+    run = run_fit(head=head, features=features, params=grid, cv=cv, test_size=test_size, seed=seed, n_jobs=n_jobs,
+                  backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
+                  progress_bar=not quiet, head_params=fixed_params)
+    if as_json:
+        m = run.metrics
+        click.echo(json.dumps({"run": str(run.path), "head": head, "features": run.params["features"]["id"],
+                               "best_params": m["best_params"], "cv_mean": m["best_cv_mean"], "cv_std": m["best_cv_std"],
+                               "test_accuracy": m["test"]["accuracy"], "fit_seconds": m["fit_seconds"]}))
+    else:
+        click.echo(run.summary())
+        click.echo(f"test accuracy: {run.test_accuracy:.4f}")
+
+
+@main.command()
+def heads():
+    """List classifier heads with their parameters and default grids."""
+    from classifiers import get_head, list_heads
+
+    for name in list_heads():
+        cls = get_head(name)
+        grid = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in cls.default_grid.items()) or "-"
+        click.echo(f"{name:8} default grid: {grid}")
+        click.echo(f"{'':8} parameters: {', '.join(f'{k} ({r.describe()})' for k, r in cls._param_rules.items())}")
+
+
+
+@main.command()
+@click.option("--sort", "sort", type=click.Choice(["created", "head", "features", "cv", "test", "time"]), default="created",
+              show_default=True, help="Column to sort by (cv/test: best first; time: fastest first).")
+@click.option("--head", "head", default=None, help="Only runs of this head.")
+@click.option("--features", "features", default=None, metavar="ID", help="Only runs on this feature set (id prefix).")
+@RUNS_DIR
+@JSON
+def runs(sort, head, features, runs_dir, as_json):
+    """Compare runs: head, feature set, best params, CV mean +- std, test accuracy, fit time."""
+    from featcache import config
+    from featcache.runs import list_runs
+
+    found = [r for r in list_runs(config.runs_dir(runs_dir))
+             if (not head or r.params["head"] == head) and (not features or r.params["features"]["id"].startswith(features))]
+    keys = {
+        "created": lambda r: r.params["created"], "head": lambda r: r.params["head"],
+        "features": lambda r: (r.params["features"]["model"], r.params["features"]["layer"]),
+        "cv": lambda r: -r.metrics["best_cv_mean"], "test": lambda r: -r.metrics["test"]["accuracy"],
+        "time": lambda r: r.metrics["fit_seconds"],
+    }
+    found.sort(key=keys[sort])
+    if as_json:
+        click.echo(json.dumps([{"run": str(r.path), "head": r.params["head"], "features": r.params["features"]["id"],
+                                "model": r.params["features"]["model"], "layer": r.params["features"]["layer"],
+                                "best_params": r.metrics["best_params"], "cv_mean": r.metrics["best_cv_mean"],
+                                "cv_std": r.metrics["best_cv_std"], "test_accuracy": r.metrics["test"]["accuracy"],
+                                "fit_seconds": r.metrics["fit_seconds"]} for r in found]))
+        return
+    if not found:
+        click.echo(f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one")
+        return
+    table = [("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S")]
+    for r in found:
+        f, m = r.params["features"], r.metrics
+        best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["best_params"].items()) or "-"
+        table.append((r.name, r.params["head"], f"{f['model']}/{f['layer']}/{f['pool']} {f['id'][:8]}", best,
+                      f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}", f"{m['test']['accuracy']:.4f}", f"{m['fit_seconds']:.2f}"))
+    click.echo(_table(table))
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where a comparison of several runs goes [default: RUNS_DIR/compare-TIME].")
+@RUNS_DIR
+def report(targets, out, runs_dir):
+    """Re-render one run's report, a sweep's leaderboard, or several runs side by side."""
+    from pathlib import Path
+
+    from featcache import config
+    from featcache import report as rep
+    from featcache.runs import load_run
+
+    if len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file():
+        from featcache.sweeps import render as render_sweep
+
+        for path in render_sweep(targets[0]):
+            click.echo(f"wrote {path}")
+        return
+    loaded = [load_run(t) for t in targets]
+    from featcache.runs import check_features
+
+    for run in loaded:
+        check_features(run)
+    if len(loaded) == 1:
+        for path in rep.render_run(loaded[0]):
+            click.echo(f"wrote {path}")
+        return
+    from datetime import datetime
+
+    folder = Path(out) if out else config.runs_dir(runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    md, page = rep.render_comparison(loaded, folder)
+    click.echo(md.read_text())
+    click.echo(f"wrote {md} and {page}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run", required=True, type=click.Path(), help="Run directory made by `featcache fit`.")
+@click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@CACHE_DIR
+@QUIET
+@JSON
+def predict(inputs, run, batch_size, device, cache_dir, quiet, as_json):
+    """Label new images (files or folders) with a run's backbone and head."""
+    from featcache.prediction import predict as run_predict
+
+    results = run_predict(inputs, run, batch_size=_int_or_auto(batch_size, "--batch-size"), device=device,
+                          cache_dir=cache_dir, progress_bar=not quiet)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results]))
+        return
+    for r in results:
+        d = r.as_dict()
+        if r.error:
+            click.echo(f"{d['path']}\terror: {r.error}")
+        else:
+            click.echo(f"{d['path']}\t{r.label}\t{r.confidence:.4f}")
+
+
 def _cache_path(cache_dir):
     from featcache import config
 

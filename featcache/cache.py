@@ -109,11 +109,16 @@ def find(ref: str | os.PathLike, root: Path | None = None) -> Path:
 
 
 def latest(root: Path | None = None) -> Path:
-    complete = [e for e in entries(root) if e.state == "complete"]
+    listed = entries(root)
+    complete = [e for e in listed if e.state == "complete"]
     if not complete:
         root = config.cache_dir(root)
-        partial = [e for e in entries(root) if e.state == "partial"]
-        hint = " (one extraction was interrupted: run it again to resume)" if partial else ""
+        hint = ""
+        if any(e.state == "partial" for e in listed):
+            hint = " (an extraction was interrupted: run it again to resume)"
+        elif any(e.state == "unreadable" for e in listed):
+            bad = next(e for e in listed if e.state == "unreadable")
+            hint = f" (feature set {bad.id} is corrupted: `featcache cache rm {bad.id}`)"
         raise CacheError(f"no complete feature set in {root}{hint}: run `featcache extract` first, or pass --cache-dir")
     return max(complete, key=lambda e: (e.created, e.path.stat().st_mtime)).path
 

@@ -1,0 +1,160 @@
+"""``fit``: one head, grid-searched on a cached feature set, refitted, scored once, saved as a run.
+
+Fitting reads only the feature set: no images, no backbone. Before it trusts the features it
+checks that they still describe the folder they came from (the manifest) and that the file holds
+what was written (the content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import get_head
+
+from . import cache as cache_mod
+from . import config, progress
+from .errors import CacheError, DataError, FeatcacheError
+from .manifest import diff, scan
+from .params import check_grid
+from .search import grid_search
+from .splits import make_split
+from .store import FeatureSet
+
+# LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
+DEFAULT_CV = {"svm": 10}
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class LoadedFeatures:
+    X: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    class_names: list[str]
+    manifest: tuple[list[str], np.ndarray, list[str]]
+    meta: dict
+    path: Path
+
+
+def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool = True) -> LoadedFeatures:
+    """Open, check freshness, read everything and check the content hash."""
+    root = config.cache_dir(cache_dir)
+    path = cache_mod.latest(root) if ref is None else cache_mod.find(ref, root)
+    with FeatureSet(path) as fs:
+        if ref is None:
+            m = fs.meta
+            progress.say(f"using feature set {fs.id} ({m['model']} {m['layer']} pool={m['pool']}, {len(fs)} rows, "
+                         f"created {m['created']}), the most recent in {root}", say)
+        check_fresh(fs, allow_stale, say)
+        try:
+            raw = fs.load()
+        except OSError as err:
+            raise CacheError(
+                f"feature set {fs.id} is corrupted ({str(err).splitlines()[0][:80]}): "
+                f"`featcache cache rm {fs.id}` and run `featcache extract` again"
+            ) from None
+        labels, index = fs.labels, fs.index
+        digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes())
+        digest.update(labels.astype(np.int32).tobytes())
+        digest.update(index.astype(np.int64).tobytes())
+        if digest.hexdigest() != fs.meta.get("content_sha256"):
+            raise CacheError(
+                f"feature set {fs.id} does not match the content hash recorded at extraction (altered or corrupted): "
+                f"`featcache cache rm {fs.id}` and run `featcache extract` again"
+            )
+        manifest = fs.manifest()
+        return LoadedFeatures(
+            X=raw.astype(np.float32, copy=False), y=labels.astype(np.int64), paths=fs.paths,
+            class_names=fs.class_names, manifest=(manifest.paths, manifest.labels, manifest.splits),
+            meta=fs.meta, path=path,
+        )
+
+
+def refresh_command(meta: dict) -> str:
+    args = meta.get("extract_args") or {}
+    parts = ["featcache extract", f"--data {args.get('data', meta.get('data_root'))}", f"--model {meta['model']}"]
+    defaults = {"weights": "DEFAULT", "layer": None, "pool": "none", "image_size": None, "dtype": "float16", "cache_dir": None}
+    for key, default in defaults.items():
+        value = args.get(key, default)
+        if value not in (default, None):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
+    root = Path(fs.meta.get("data_root", ""))
+    if not root.is_dir():
+        progress.say(f"note: data folder {root} of feature set {fs.id} is not here; cannot check it for changes", say)
+        return
+    try:
+        changes = diff(fs.manifest_signatures(), scan(root))
+    except DataError as err:
+        changes, reason = True, str(err)
+    else:
+        reason = f"{changes.summary()} under {root} since extraction" if changes else ""
+    if not changes:
+        return
+    message = (
+        f"feature set {fs.id} is stale ({reason}): refresh it with `{refresh_command(fs.meta)}` "
+        "(only new or changed files are extracted), or pass --allow-stale to fit on it as it is"
+    )
+    if not allow_stale:
+        raise CacheError(message)
+    progress.say(f"warning: {message}", say)
+
+
+def fit(
+    head: str = "svm",
+    features: str | os.PathLike | None = None,
+    params: dict[str, list] | None = None,
+    cv: int | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+    n_jobs: int = 1,
+    backend: str = "local",
+    cache_dir=None,
+    runs_dir=None,
+    run_dir: str | os.PathLike | None = None,
+    allow_stale: bool = False,
+    progress_bar: bool = True,
+    head_params: dict | None = None,
+    loaded: LoadedFeatures | None = None,
+):
+    """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run."""
+    from . import runs
+
+    head_cls = get_head(head)
+    grid = dict(head_cls.default_grid) if params is None else dict(params)
+    fixed = dict(head_params or {})
+    check_grid(head_cls, {**{k: [v] for k, v in fixed.items()}, **grid})
+    if backend not in BACKENDS:
+        raise FeatcacheError(f"unknown backend {backend!r}: use local or ray")
+    if n_jobs == 0 or n_jobs < -1:
+        raise FeatcacheError(f"--n-jobs {n_jobs}: use a positive number, or -1 for all cores")
+    cv = cv or DEFAULT_CV.get(head, 5)
+    data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
+    split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv)
+    estimator = head_cls(**fixed)
+    X_cv, y_cv = data.X[split.cv_rows], data.y[split.cv_rows]
+    started = time.perf_counter()
+    try:
+        result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=n_jobs, backend=backend, progress_bar=progress_bar)
+    except ValueError as err:
+        from classifiers import ParamError
+
+        if isinstance(err, ParamError):
+            raise
+        raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from None
+    search_seconds = time.perf_counter() - started
+    X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
+    return runs.save_run(
+        runs_dir=config.runs_dir(runs_dir), run_dir=run_dir, head=head, estimator=result.best_estimator, grid=grid,
+        fixed=fixed, result=result, split=split, data=data, X_test=X_test, y_test=y_test,
+        search_seconds=search_seconds, n_jobs=n_jobs, backend=backend,
+    )

@@ -1,0 +1,120 @@
+"""``predict``: new images -> the run's backbone, layer and preprocessing -> the run's head.
+
+The extractor is rebuilt from the feature set's metadata and must resolve to exactly the key the
+features were made with (same weights hash, layer, pooling, preprocessing, decoding); features
+pass through the same storage dtype as the training rows, so prediction equals extract + head.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backbones, cache, config, progress
+from .errors import CacheError, FeatcacheError, RunError
+from .images import Decode, ImageRows, Transform, collate
+from .manifest import IMAGE_EXTENSIONS, _walk_files, display
+from .runs import load_run
+from .store import FeatureSet, verify
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None
+    confidence: float | None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": display(self.path), "label": self.label, "confidence": self.confidence, "error": self.error}
+
+
+def collect(inputs) -> list[str]:
+    files: list[str] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = [f for f in _walk_files(Path(item)) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise FeatcacheError(f"no images in {item} ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...)")
+            files += found
+        elif os.path.lexists(item):
+            files.append(item)
+        else:
+            raise FeatcacheError(f"{item} does not exist: give image files or folders")
+    if not files:
+        raise FeatcacheError("no images given: featcache predict IMAGE_OR_DIR... --run RUN")
+    return files
+
+
+def feature_set_of(run, cache_dir=None) -> Path:
+    f = run.params["features"]
+    path = Path(f["path"])
+    if not path.is_file():
+        try:
+            path = cache.find(f["id"], config.cache_dir(cache_dir))
+        except CacheError:
+            raise RunError(
+                f"the feature set {f['id']} of run {run.name} is missing (was {f['path']}): "
+                "predict needs it to rebuild the backbone; extract it again or pass --cache-dir"
+            ) from None
+    problems = verify(path)
+    if problems:
+        raise RunError(f"the feature set {f['id']} of run {run.name} is damaged ({problems[0]}): re-extract and fit again")
+    with FeatureSet(path) as fs:
+        if fs.meta.get("content_sha256") != f.get("content_sha256"):
+            raise RunError(f"feature set {path.name} is not the one run {run.name} was fitted on (content hash differs): fit again")
+    return path
+
+
+def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
+            cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
+    import torch
+
+    from classifiers import scores
+
+    from . import engine
+
+    run = load_run(run)
+    meta = run.params["features"]
+    args = _extract_args(feature_set_of(run, cache_dir))
+    spec = backbones.resolve(meta["model"], weights=args.get("weights") or "DEFAULT", layer=meta["layer"],
+                             pool=meta["pool"], image_size=args.get("image_size"))
+    if spec.key() != meta["key"]["extractor"]:
+        raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
+                       "re-extract and fit again with this version")
+    dev = engine.resolve_device(device)
+    precision = meta.get("precision", "fp32")
+    if precision != "fp32" and dev.type != "cuda":
+        progress.say(f"note: features were made with {precision} on a GPU; predicting in fp32 on {dev}", progress_bar)
+        precision = "fp32"
+    decode = Decode(**{k: v for k, v in meta["decode"].items() if k == "draft"})
+    files = collect(inputs)
+    head = run.head()
+    forward = engine.Forward(spec, dev, precision)
+    bs = int(batch_size) if str(batch_size) != "auto" else engine.auto_batch_size(spec, dev)
+    rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=bs, collate_fn=collate, num_workers=int(workers) if str(workers) != "auto" else engine.auto_workers(dev))
+    names = run.params["class_names"]
+    results: dict[int, Prediction] = {}
+    bar = progress.bar(len(files), "predict", progress_bar)
+    for index, batch, bad in loader:
+        for i, reason in bad:
+            results[i] = Prediction(files[i], None, None, reason)
+        if batch is not None:
+            feats = engine.to_storage(forward(batch), meta["dtype"], files[int(index[0])]).astype(np.float32)
+            labels, confidence = scores(head, feats)
+            for i, label, c in zip(index.tolist(), labels, confidence):
+                results[i] = Prediction(files[i], names[int(label)], float(c))
+        bar.update(len(index) + len(bad))
+    bar.close()
+    return [results[i] for i in range(len(files))]
+
+
+def _extract_args(path: Path) -> dict:
+    with FeatureSet(path) as fs:
+        return fs.meta.get("extract_args") or {}

@@ -1,0 +1,277 @@
+"""Run reports and side-by-side comparisons: Markdown and HTML from one list of blocks, PNG plots.
+
+A report is built as blocks (heading, text, table, image); ``to_markdown`` and ``to_html`` render
+the same blocks, so the two formats never disagree.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RunError
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt)
+
+
+# ---------------------------------------------------------------------------------------- render
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append("#" * block[1] + " " + block[2])
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("| " + " | ".join(map(str, header)) + " |")
+            out.append("|" + "|".join("---" for _ in header) + "|")
+            out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline(block[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            body.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "code{background:#f4f4f4;padding:0 3px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` and [label](link) into tags (the only inline Markdown we emit)."""
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+
+
+def write(directory: Path, stem: str, blocks: list[Block], title: str) -> tuple[Path, Path]:
+    md, page = directory / f"{stem}.md", directory / f"{stem}.html"
+    md.write_text(f"# {title}\n\n" + to_markdown(blocks))
+    page.write_text(to_html([("h", 1, title)] + blocks, title))
+    return md, page
+
+
+# ---------------------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def is_log_scale(values) -> bool:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) == len(values) and len(numbers) > 1 and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
+
+
+def plot_param(table: dict, name: str, out: Path, title: str) -> Path | None:
+    """CV accuracy (mean +- std over folds) against one searched parameter; best over the others."""
+    values = table[f"param_{name}"]
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) < 2:
+        return None
+    mean, std = np.array(table["mean_test_score"]), np.array(table["std_test_score"])
+    best = [int(np.argmax(np.where(np.array([v == d for v in values]), mean, -np.inf))) for d in distinct]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
+    xs = distinct if numeric else list(range(len(distinct)))
+    ax.errorbar(xs, mean[best], yerr=std[best], marker="o", capsize=4)
+    if numeric and is_log_scale(distinct):
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs, [str(d) for d in distinct])
+    ax.set_xlabel(name)
+    ax.set_ylabel("CV accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path | None:
+    if not matrix:
+        return None
+    m = np.array(matrix)
+    plt = _plt()
+    size = max(3.5, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8, color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test confusion matrix", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_history(history: list[dict], out: Path) -> Path | None:
+    if not history:
+        return None
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    for key, axis in (("loss", loss), ("accuracy", acc)):
+        axis.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        valid = [h.get(f"valid_{key}") for h in history]
+        if any(v is not None for v in valid):
+            axis.plot(epochs, [math.nan if v is None else v for v in valid], label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle("MLP learning curves (refit on all CV images)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- blocks
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "(defaults)"
+
+
+def feature_line(f: dict) -> str:
+    shape = "x".join(map(str, f.get("feature_shape") or []))
+    return f"{f.get('model')} / {f.get('layer')} / pool={f.get('pool')} ({shape}, {f.get('dtype')}, weights {f.get('weights')})"
+
+
+def run_blocks(run) -> list[Block]:
+    p, m = run.params, run.metrics
+    table, names = m["cv_results"], p["class_names"]
+    plots = run.path / "plots"
+    plots.mkdir(exist_ok=True)
+    f = p["features"]
+    blocks: list[Block] = [
+        ("p", f"Head **{p['head']}** on feature set `{f['id']}`: {feature_line(f)}."),
+        ("p", f"Split: {p['split']['test']} (seed {p['seed']}); {p['split']['n_cv']} images in {p['cv']}-fold "
+              f"cross-validation, {p['split']['n_test']} test images"
+              + (f"; {p['split']['dropped']} input files had no features (skipped at extraction)." if p['split'].get('dropped') else ".")),
+        ("h", 2, "Result"),
+        ("table", ["", "value"], [
+            ["best parameters", _params_text(m["best_params"])],
+            ["CV accuracy (mean +- std)", f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}"],
+            ["test accuracy", f"{m['test']['accuracy']:.4f} ({m['test']['n']} images)"],
+            ["search + refit time", f"{m['search_seconds']:.2f} s + {m['refit_seconds']:.2f} s"],
+        ]),
+    ]
+    if m.get("best_on_edge"):
+        blocks.append(("p", "Warning: the best value of " + ", ".join(f"`{n}`" for n in m["best_on_edge"])
+                       + " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."))
+    searched = [k[len("param_"):] for k in table if k.startswith("param_")]
+    blocks += [("h", 2, "Grid search"), ("table", _grid_header(table, searched), _grid_rows(table, searched))]
+    for name in searched:
+        image = plot_param(table, name, plots / f"cv_{name}.png", f"{p['head']}: CV accuracy vs {name}")
+        if image:
+            blocks.append(("img", f"plots/{image.name}", f"CV accuracy against {name}"))
+    blocks += [("h", 2, "Test set"),
+               ("table", ["class", "precision", "recall", "F1", "support"],
+                [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                 for c, v in m["test"]["per_class"].items()])]
+    if m["test"]["confusion_matrix"]:
+        blocks.append(("table", ["true \\ predicted"] + names,
+                       [[names[i]] + row for i, row in enumerate(m["test"]["confusion_matrix"])]))
+        image = plot_confusion(m["test"]["confusion_matrix"], names, plots / "confusion.png")
+        blocks.append(("img", f"plots/{image.name}", "confusion matrix"))
+    if m.get("history"):
+        image = plot_history(m["history"], plots / "learning_curves.png")
+        blocks += [("h", 2, "Learning curves"), ("img", f"plots/{image.name}", "MLP learning curves")]
+    return blocks
+
+
+def _grid_header(table: dict, searched: list[str]) -> list[str]:
+    folds = sum(1 for k in table if k.startswith("split") and k.endswith("_test_score"))
+    return ["rank"] + searched + ["CV mean", "CV std", "fit s"] + [f"fold {k}" for k in range(folds)]
+
+
+def _grid_rows(table: dict, searched: list[str]) -> list[list]:
+    folds = sum(1 for k in table if k.startswith("split") and k.endswith("_test_score"))
+    order = np.argsort(table["rank_test_score"], kind="stable")
+    rows = []
+    for i in order:
+        rows.append([table["rank_test_score"][i]] + [table[f"param_{n}"][i] for n in searched]
+                    + [f"{table['mean_test_score'][i]:.4f}", f"{table['std_test_score'][i]:.4f}", f"{table['mean_fit_time'][i]:.3f}"]
+                    + [f"{table[f'split{k}_test_score'][i]:.3f}" for k in range(folds)])
+    return rows
+
+
+def render_run(run) -> tuple[Path, Path]:
+    return write(run.path, "report", run_blocks(run), f"featcache run {run.name}")
+
+
+# ---------------------------------------------------------------------------------------- compare
+def compare_blocks(runs: list, out: Path) -> list[Block]:
+    rows = []
+    for r in sorted(runs, key=lambda r: -r.metrics["best_cv_mean"]):
+        m, f = r.metrics, r.params["features"]
+        link = os.path.relpath(r.path / "report.html", out)
+        rows.append([f"[{r.name}]({link})", r.params["head"], f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
+                     _params_text(m["best_params"]), f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}",
+                     f"{m['test']['accuracy']:.4f}", f"{m['fit_seconds']:.2f}"])
+    blocks: list[Block] = [("table", ["run", "head", "features", "set", "best params", "CV accuracy", "test accuracy", "fit s"], rows)]
+    if len({r.params["features"]["manifest_sha256"] for r in runs}) > 1:
+        blocks.append(("p", "Note: these runs come from different data (manifests differ); their scores are not directly comparable."))
+    image = plot_comparison(runs, out / "comparison.png")
+    blocks.append(("img", image.name, "CV accuracy per run"))
+    return blocks
+
+
+def plot_comparison(runs: list, out: Path) -> Path:
+    plt = _plt()
+    runs = sorted(runs, key=lambda r: -r.metrics["best_cv_mean"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(runs) + 2), 3.8), dpi=110)
+    xs = range(len(runs))
+    ax.errorbar(xs, [r.metrics["best_cv_mean"] for r in runs], yerr=[r.metrics["best_cv_std"] for r in runs],
+                fmt="o", capsize=4, label="CV mean +- std")
+    ax.scatter(xs, [r.test_accuracy for r in runs], marker="x", color="C3", label="test", zorder=3)
+    ax.set_xticks(list(xs), [f"{r.params['head']}\n{r.params['features']['model']}\n{r.name[:15]}" for r in runs], fontsize=7)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def render_comparison(runs: list, out: Path) -> tuple[Path, Path]:
+    if len(runs) < 2:
+        raise RunError("compare needs at least two runs")
+    out.mkdir(parents=True, exist_ok=True)
+    return write(out, "comparison", compare_blocks(runs, out), f"featcache: {len(runs)} runs side by side")
