@@ -138,12 +138,16 @@ class ImageRows(torch.utils.data.Dataset):
         index = self.indices[i]
         if index in self.known_bad:
             return index, None, self.known_bad[index]
-        try:
-            return index, self.transform(self.files[i]), None
-        except BadImage as err:
-            return index, None, str(err)
-        except Exception as err:  # a decoder bug must cost one image, not the whole extraction
-            return index, None, f"cannot decode: {type(err).__name__}: {str(err)[:80]}"
+        return (index, *crop_or_reason(self.transform, self.files[i]))
+
+
+def crop_or_reason(transform: Transform, path: str) -> tuple[torch.Tensor | None, str | None]:
+    try:
+        return transform(path), None
+    except BadImage as err:
+        return None, str(err)
+    except Exception as err:  # a decoder bug must cost one image, not the whole extraction
+        return None, f"cannot decode: {type(err).__name__}: {str(err)[:80]}"
 
 
 def collate(items):

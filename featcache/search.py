@@ -72,7 +72,8 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     else:
         jobs = [(c, f) for c in range(len(cands)) for f in range(n_folds)]
         with parallel_backend(backend, n_jobs):
-            runner = Parallel(n_jobs=n_jobs, return_as="generator")
+            # joblib's Ray backend cannot stream results; the bar then jumps when all fits are back.
+            runner = Parallel(n_jobs=n_jobs, return_as="list" if backend == "ray" else "generator")
             results = runner(delayed(_fit_and_score)(estimator, cands[c], X, y, *folds[f]) for c, f in jobs)
             for (c, f), (score, fit_time, score_time) in zip(jobs, results):
                 scores[c, f], fit_times[c, f], score_times[c, f] = score, fit_time, score_time

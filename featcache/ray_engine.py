@@ -1,0 +1,136 @@
+"""Scale-out on Ray: extraction as a Ray Data pipeline, grid search through joblib's Ray backend.
+
+The pipeline is: manifest entries -> decode + preprocess on CPU tasks -> an actor pool holding
+one backbone replica each (one per GPU, or CPU actors) -> rows streamed back to the driver, which
+commits them to the same staging directory as the local engine. The feature set therefore gets
+the same id, metadata, row order, resume and cache semantics whichever engine made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+
+from .errors import FeatcacheError, ImageDecodeError
+from .manifest import display
+
+INSTALL = "the Ray engine needs Ray: pip install 'featcache[ray]' (or pip install 'ray[data]')"
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise FeatcacheError(INSTALL) from None
+    return ray
+
+
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """Join ``address`` (a running cluster) or start a local Ray; reuse an existing connection."""
+    ray = _ray()
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # keep Ray's C++ notices off the user's terminal
+        try:
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise FeatcacheError(f"cannot start or join {where} ({str(err).splitlines()[0][:120]}): "
+                                 "check `ray status`, or drop --engine ray") from None
+    return ray
+
+
+def _decode(batch: dict, preprocess, decode) -> dict:
+    """Ray Data task: paths -> uint8 crops (failures become empty crops with a reason)."""
+    from .images import Transform, crop_or_reason
+
+    transform, size = Transform(preprocess, decode), preprocess.crop_size
+    n = len(batch["index"])
+    pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
+    reasons = np.array([batch["reason"][i] for i in range(n)], dtype=object)
+    for i in range(n):
+        if reasons[i]:
+            continue
+        crop, reason = crop_or_reason(transform, batch["path"][i])
+        if crop is None:
+            reasons[i] = reason
+        else:
+            pixels[i] = crop.numpy()
+    return {"index": batch["index"], "pixels": pixels, "reason": reasons}
+
+
+class _Backbone:
+    """Ray Data actor: one backbone replica; uint8 crops -> stored-dtype features."""
+
+    def __init__(self, spec, device: str, precision: str, channels_last: bool, dtype: str):
+        import torch
+
+        from .engine import Forward
+
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        self.forward = Forward(spec, torch.device(device), precision, channels_last)
+        self.dtype = dtype
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from .engine import to_storage
+
+        ok = np.array([not r for r in batch["reason"]], dtype=bool)
+        features = None
+        if ok.any():
+            features = to_storage(self.forward(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))), self.dtype, "ray batch")
+        shape = features.shape[1:] if features is not None else self.forward.spec.feature_shape
+        out = np.zeros((len(ok),) + tuple(shape), dtype=self.dtype)
+        if features is not None:
+            out[ok] = features
+        return {"index": batch["index"], "features": out, "reason": batch["reason"]}
+
+
+def run(spec, files, indices, known_bad, staging, options, decode, dtype, progress, address=None) -> int:
+    if not indices:
+        return 0
+    ray = connect(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device.type == "cuda" else 0
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = gpus or max(1, min(4, cpus // 2))
+    items = [{"index": int(i), "path": f, "reason": known_bad.get(int(i), "")} for i, f in zip(indices, files)]
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
+    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": decode},
+                        batch_size=options.batch_size, num_cpus=1)
+    ds = ds.map_batches(
+        _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, dtype),
+        batch_size=options.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+    )
+    done = 0
+    for batch in ds.iter_batches(batch_size=options.batch_size, batch_format="numpy", prefetch_batches=2):
+        reasons = batch["reason"]
+        ok = np.array([not r for r in reasons], dtype=bool)
+        bad = [(int(i), str(r)) for i, r in zip(batch["index"][~ok], reasons[~ok])]
+        if bad and options.on_error == "fail":
+            i, reason = bad[0]
+            raise ImageDecodeError(f"cannot use {display(files[indices.index(i)])}: {reason} (use --on-error skip to skip bad files)")
+        staging.commit(batch["index"][ok].astype(np.int64), batch["features"][ok] if ok.any() else None, bad)
+        done += len(ok)
+        progress.update(len(ok))
+    return done
+
+
+@contextlib.contextmanager
+def joblib_backend(n_jobs: int):
+    """Run joblib.Parallel calls (the grid search's candidates x folds) as Ray tasks."""
+    connect(os.environ.get("RAY_ADDRESS"))
+    from joblib import parallel_backend
+    from ray.util.joblib import register_ray
+
+    register_ray()
+    with parallel_backend("ray", n_jobs=n_jobs):
+        yield
