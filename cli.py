@@ -400,6 +400,34 @@ def predict(inputs, run, batch_size, device, cache_dir, quiet, as_json):
             click.echo(f"{d['path']}\t{r.label}\t{r.confidence:.4f}")
 
 
+@main.command()
+@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder.")
+@click.option("--model", "-m", "models", multiple=True, metavar="MODEL[@WEIGHTS]", help="Backbone (repeatable); e.g. resnet18, efficientnet_lite0@none.")
+@click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
+@click.option("--pool", "pools", multiple=True, type=click.Choice(["none", "avg", "max"]), help="Pooling (repeatable) [default: none].")
+@click.option("--head", "heads", multiple=True, help="Head (repeatable) [default: svm].")
+@click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A sweep TOML file instead of the options above.")
+@click.option("--image-size", type=int, default=None, help="Crop size for every model [default: each weights' own].")
+@click.option("--cv", type=int, default=5, show_default=True, help="Folds, the same for every row.")
+@click.option("--test-size", type=float, default=0.2, show_default=True, help="Hold-out fraction when there is no test/ split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and folds shared by all rows.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [default: ./sweeps/sweep-HASH; rerun to resume].")
+@CACHE_DIR
+@QUIET
+def sweep(data, models, layers, pools, heads, params, config_file, image_size, cv, test_size, seed, out, cache_dir, quiet):
+    """Compare backbones x layers x pooling x heads on your images: one leaderboard."""
+    from featcache.sweeps import sweep as run_sweep
+
+    if config_file and (models or layers or pools or heads or params):
+        raise click.UsageError("give either --config or --model/--layer/--pool/--head/--param, not both")
+    folder = run_sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), heads=list(heads),
+                       params=list(params), config_file=config_file, image_size=image_size, cv=cv, test_size=test_size,
+                       seed=seed, out=out, cache_dir=cache_dir, progress_bar=not quiet)
+    click.echo((folder / "leaderboard.md").read_text())
+    click.echo(f"leaderboard: {folder / 'leaderboard.html'}")
+
+
 def _cache_path(cache_dir):
     from featcache import config
 

@@ -8,6 +8,7 @@ what makes runs on different backbones, layers and heads comparable.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,8 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
     row_fold = fold[rows_entry[cv_rows]]
     folds = [(np.flatnonzero(row_fold != k), np.flatnonzero(row_fold == k)) for k in range(cv)]
     stored = any(s == "test" for s in manifest_splits)
+    # Identifies the assignment itself (per file), so runs can prove they shared test set and folds.
+    assignment = hashlib.sha256("\n".join(f"{p}\t{'test' if t else f}" for p, t, f in zip(manifest_paths, is_test, fold)).encode("utf-8", "surrogateescape")).hexdigest()
     info = {
         "test": "stored test split" if stored else f"stratified hold-out of {test_size:g}",
         "test_size": None if stored else test_size,
@@ -85,5 +88,6 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
         "n_cv": int(len(cv_rows)),
         "n_test": int(len(test_rows)),
         "dropped": int(len(manifest_paths) - len(row_paths)),
+        "assignment_sha256": assignment,
     }
     return Split(cv_rows=cv_rows, test_rows=test_rows, folds=folds, info=info)

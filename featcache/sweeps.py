@@ -1,0 +1,366 @@
+"""``sweep``: which backbone, layer and head suit *my* images, and at what cost?
+
+A sweep is a grid of feature configurations (model@weights x layer x pool) times heads. Every
+piece of it is checked before any work (unknown model, layer, head, parameter: one error listing
+them all). Each configuration is extracted once (cache hits for the rest), each head is fitted on
+each feature set into a run directory whose name depends only on the row, so a rerun reuses
+every finished run and does only what is missing. All rows share the same test images and CV
+folds because splits are assigned per input file (see ``splits``).
+
+    <out>/sweep.json           the validated grid and, per row, its feature set and run
+    <out>/leaderboard.{md,html,csv,png}
+    <out>/runs/<row>/          a normal run directory per row
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import get_head
+from classifiers.registry import UnknownName
+
+from . import backbones, config, fingerprint, progress
+from .errors import FeatcacheError
+from .params import check_grid, parse_params
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    model: str
+    weights: str = "DEFAULT"
+    layer: str | None = None
+    pool: str = "none"
+    image_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        w = "" if self.weights.upper() == "DEFAULT" else f"@{self.weights}"
+        return f"{self.model}{w} {self.layer or 'default'} pool={self.pool}"
+
+
+@dataclass
+class SweepPlan:
+    data: str
+    features: list[FeatureConfig]
+    heads: dict[str, dict[str, list]]
+    cv: int = 5
+    test_size: float = 0.2
+    seed: int = 0
+    layers_resolved: dict[int, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # found while parsing; reported with the rest
+
+    def key(self) -> dict:
+        return {"data": str(Path(self.data).resolve()), "features": [asdict(f) for f in self.features],
+                "heads": self.heads, "cv": self.cv, "test_size": self.test_size, "seed": self.seed}
+
+
+def parse_model(text: str) -> tuple[str, str]:
+    model, _, weights = text.partition("@")
+    return model, weights or "DEFAULT"
+
+
+def plan_from_options(data, models, layers, pools, heads, params, image_size=None, cv=5, test_size=0.2, seed=0) -> SweepPlan:
+    """CLI-style options: every model x every layer x every pool; ``params`` as HEAD.NAME=v1,v2."""
+    features = [FeatureConfig(m, w, layer, pool, image_size)
+                for m, w in map(parse_model, models or [config.DEFAULT_MODEL])
+                for layer in (layers or [None]) for pool in (pools or ["none"])]
+    grids: dict[str, dict[str, list]] = {h: None for h in (heads or ["svm"])}
+    problems = []
+    for item in params or []:
+        head, dot, rest = item.partition(".")
+        if not dot or head not in grids:
+            problems.append(f"--param {item!r} must be HEAD.NAME=v1,v2 for a --head of this sweep ({', '.join(grids)})")
+            continue
+        grids[head] = {**(grids[head] or {}), **_parse(head, [rest], problems)}
+    return SweepPlan(str(data), features, grids, cv, test_size, seed, problems=problems)
+
+
+def plan_from_toml(path, data=None) -> SweepPlan:
+    """A sweep file::
+
+        data = "data"          # optional; --data overrides
+        cv = 5
+        [[features]]
+        model = "efficientnet_lite0"
+        layers = ["forward_features", "blocks.5"]
+        pools = ["avg", "none"]
+        [[features]]
+        model = "efficientnet_lite0"
+        weights = "none"
+        [heads.svm]
+        C = [0.1, 1, 10]
+        [heads.logreg]
+    """
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise FeatcacheError(f"cannot read sweep file {path}: {err}") from None
+    unknown = set(doc) - {"data", "cv", "test_size", "seed", "features", "heads"}
+    if unknown:
+        raise FeatcacheError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}: use data, cv, test_size, seed, features, heads")
+    features = []
+    for entry in doc.get("features") or [{"model": config.DEFAULT_MODEL}]:
+        for layer in entry.get("layers", [entry.get("layer")]):
+            for pool in entry.get("pools", [entry.get("pool", "none")]):
+                features.append(FeatureConfig(entry.get("model", config.DEFAULT_MODEL), str(entry.get("weights", "DEFAULT")),
+                                              layer, pool, entry.get("image_size")))
+    heads = {name: (grid or None) for name, grid in (doc.get("heads") or {"svm": {}}).items()}
+    return SweepPlan(str(data or doc.get("data", config.DEFAULT_DATA_DIR)), features, heads,
+                     int(doc.get("cv", 5)), float(doc.get("test_size", 0.2)), int(doc.get("seed", 0)))
+
+
+def _parse(head: str, items: list[str], problems: list[str]) -> dict:
+    try:
+        return parse_params(get_head(head), items)
+    except (UnknownName, ValueError) as err:
+        problems.append(str(err))
+        return {}
+
+
+def _problems(problems: list[str]) -> str:
+    return f"invalid sweep ({len(problems)} problem{'s' * (len(problems) > 1)}): " + "; ".join(problems)
+
+
+def validate(plan: SweepPlan) -> list:
+    """Resolve every feature configuration and head grid; one error naming every problem."""
+    from .manifest import scan
+
+    problems: list[str] = list(plan.problems)
+    try:
+        scan(plan.data)
+    except FeatcacheError as err:
+        problems.append(str(err))
+    specs = []
+    for i, f in enumerate(plan.features):
+        try:
+            spec = backbones.resolve(f.model, weights=f.weights, layer=f.layer, pool=f.pool, image_size=f.image_size)
+            specs.append(spec)
+            plan.layers_resolved[i] = spec.layer
+        except FeatcacheError as err:
+            problems.append(f"{f.label}: {err}")
+            specs.append(None)
+    for head, grid in plan.heads.items():
+        try:
+            cls = get_head(head)
+        except UnknownName as err:
+            if str(err) not in problems:
+                problems.append(str(err))
+            continue
+        try:
+            check_grid(cls, grid if grid is not None else cls.default_grid)
+        except ValueError as err:
+            problems.append(str(err))
+        if head == "gap":
+            problems += [f"{f.label}: the gap head needs spatial maps; use pool none for it, or drop gap"
+                         for f, s in zip(plan.features, specs) if s is not None and len(s.feature_shape) != 3]
+    if plan.cv < 2:
+        problems.append(f"--cv {plan.cv}: cross-validation needs at least 2 folds")
+    if problems:
+        raise FeatcacheError(_problems(problems))
+    return specs
+
+
+def default_out(plan: SweepPlan) -> Path:
+    return Path("sweeps") / f"sweep-{fingerprint.digest(plan.key())[:10]}"
+
+
+def sweep(data=config.DEFAULT_DATA_DIR, models=None, layers=None, pools=None, heads=None, params=None,
+          config_file=None, image_size=None, cv: int = 5, test_size: float = 0.2, seed: int = 0, out=None,
+          cache_dir=None, progress_bar: bool = True, plan: SweepPlan | None = None) -> Path:
+    """Run (or resume) a sweep; returns its directory with the leaderboard."""
+    from .extraction import extract
+    from .pipeline import fit, load_features
+
+    if plan is None:
+        plan = (plan_from_toml(config_file, data if data != config.DEFAULT_DATA_DIR else None) if config_file
+                else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed))
+    validate(plan)
+    out = Path(out) if out else default_out(plan)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / SWEEP_FILE
+    state = {"plan": plan.key(), "rows": {}}
+    if state_path.is_file():
+        previous = json.loads(state_path.read_text())
+        if previous.get("plan") != plan.key():
+            raise FeatcacheError(f"{out} holds a different sweep: choose another --out, or delete it")
+        state = previous
+    n_rows = len(plan.features) * len(plan.heads)
+    overall = progress.bar(n_rows, "sweep", progress_bar, unit="row", position=0)
+    for i, f in enumerate(plan.features):
+        result = extract(plan.data, model=f.model, weights=f.weights, layer=f.layer, pool=f.pool, image_size=f.image_size,
+                         cache_dir=cache_dir, progress_bar=progress_bar)
+        loaded = None
+        for head, grid in plan.heads.items():
+            row_id = f"{result.id[:10]}-{head}"
+            run_dir = out / "runs" / row_id
+            if not _finished(run_dir, result.id, head, grid, plan):
+                if loaded is None:
+                    loaded = load_features(result.id, cache_dir, say=False)
+                fit(head=head, params=grid, cv=plan.cv, test_size=plan.test_size, seed=plan.seed, run_dir=run_dir,
+                    progress_bar=False, loaded=loaded)
+                reused = False
+            else:
+                reused = True
+            row = {"feature_set": result.id, "head": head, "run": str(run_dir.relative_to(out)), "config": asdict(f),
+                   "reused": reused}
+            row["feature_bytes"] = result.path.stat().st_size
+            state["rows"][row_id] = row
+            _save_state(state_path, state)
+            overall.update()
+    overall.close()
+    render(out)
+    return out
+
+
+def _finished(run_dir: Path, fsid: str, head: str, grid, plan: SweepPlan) -> bool:
+    """A complete, intact run of exactly this row (killed sweeps leave none or a finished one)."""
+    from .errors import RunError
+    from .runs import CHECKSUMS, load_run
+
+    if not (run_dir / CHECKSUMS).is_file():
+        return False
+    try:
+        run = load_run(run_dir)
+    except RunError:
+        return False
+    p = run.params
+    wanted = grid if grid is not None else get_head(head).default_grid
+    return (p["features"]["id"] == fsid and p["head"] == head and p["grid"] == json.loads(json.dumps(wanted))
+            and p["cv"] == plan.cv and p["seed"] == plan.seed and p["split"].get("test_size") in (plan.test_size, None))
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------- leaderboard
+def paired_t_test(a: np.ndarray, b: np.ndarray, n_train: int, n_test: int) -> float:
+    """Nadeau & Bengio's corrected resampled t-test over per-fold scores: two-sided p-value."""
+    from scipy import stats
+
+    d = np.asarray(a) - np.asarray(b)
+    k = len(d)
+    var = d.var(ddof=1)
+    if var == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    t = d.mean() / math.sqrt((1 / k + n_test / n_train) * var)
+    return float(2 * stats.t.sf(abs(t), df=k - 1))
+
+
+def bootstrap_interval(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:
+    """95% interval of the test-accuracy difference, resampling the (shared) test images."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct_a), size=(n, len(correct_a)))
+    diffs = correct_a[idx].mean(1) - correct_b[idx].mean(1)
+    return float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
+
+
+def _test_correct(run_dir: Path) -> dict[str, bool]:
+    with open(run_dir / "test_predictions.csv") as f:
+        return {r["path"]: r["true"] == r["predicted"] for r in csv.DictReader(f)}
+
+
+def render(out) -> list[Path]:
+    """(Re)write leaderboard.{md,html,csv,png} from sweep.json and the row runs."""
+    from . import report
+    from .runs import load_run
+
+    out = Path(out)
+    state = json.loads((out / SWEEP_FILE).read_text())
+    rows = []
+    for row_id, row in state["rows"].items():
+        run = load_run(out / row["run"], verify=False)
+        m, f = run.metrics, run.params["features"]
+        folds = [m["cv_results"][f"split{k}_test_score"][m["best_index"]] for k in range(run.params["cv"])]
+        rows.append({
+            "row": row_id, "run": run, "model": f["model"], "weights": f["weights_kind"] if f["weights_kind"] != "pretrained" else "pretrained",
+            "layer": f["layer"], "pool": f["pool"], "head": run.params["head"], "cv_mean": m["best_cv_mean"],
+            "cv_std": m["best_cv_std"], "test": m["test"]["accuracy"], "best_params": m["best_params"],
+            "images_per_second": f.get("images_per_second") or float("nan"), "fit_seconds": m["fit_seconds"],
+            "feature_mb": row["feature_bytes"] / 2**20, "folds": folds, "dropped": run.params["split"].get("dropped", 0),
+            "n_cv": run.params["split"]["n_cv"], "n_test": run.params["split"]["n_test"],
+        })
+    rows.sort(key=lambda r: (-r["cv_mean"], -r["test"]))
+    blocks = _leaderboard_blocks(rows, out)
+    md, page = report.write(out, "leaderboard", blocks, f"featcache sweep: {len(rows)} rows")
+    csv_path = out / "leaderboard.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "model", "weights", "layer", "pool", "head", "cv_mean", "cv_std", "test_accuracy", "best_params",
+                    "extract_images_per_second", "fit_seconds", "feature_mb", "run"])
+        for k, r in enumerate(rows, 1):
+            w.writerow([k, r["model"], r["weights"], r["layer"], r["pool"], r["head"], f"{r['cv_mean']:.6f}", f"{r['cv_std']:.6f}",
+                        f"{r['test']:.6f}", json.dumps(r["best_params"]), f"{r['images_per_second']:.2f}", f"{r['fit_seconds']:.3f}",
+                        f"{r['feature_mb']:.2f}", os.path.relpath(r["run"].path, out)])
+    plot = _plot_cost(rows, out / "leaderboard.png")
+    return [md, page, csv_path, plot]
+
+
+def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
+    from .report import _params_text
+
+    table = []
+    for k, r in enumerate(rows, 1):
+        mark = "**best**" if k == 1 else str(k)
+        link = os.path.relpath(r["run"].path / "report.html", out)
+        note = f" ({r['dropped']} dropped)" if r["dropped"] else ""
+        table.append([mark, r["model"], r["weights"], r["layer"], r["pool"], r["head"],
+                      f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test']:.4f}", _params_text(r["best_params"]),
+                      f"{r['images_per_second']:.1f}", f"{r['fit_seconds']:.2f}", f"{r['feature_mb']:.1f}", f"[run]({link}){note}"])
+    blocks = [("p", f"{len(rows)} rows, sorted by cross-validated accuracy. Every row uses the same "
+                    f"{rows[0]['n_test'] if rows else 0} test images and the same CV folds (assigned per file)."),
+              ("table", ["rank", "model", "weights", "layer", "pool", "head", "CV accuracy", "test accuracy", "best params",
+                         "extract img/s", "fit s", "features MB", "run"], table)]
+    if len(rows) >= 2:
+        a, b = rows[0], rows[1]
+        p = paired_t_test(np.array(a["folds"]), np.array(b["folds"]), a["n_cv"] * (len(a["folds"]) - 1) // len(a["folds"]),
+                          a["n_cv"] // len(a["folds"]))
+        ca, cb = _test_correct(a["run"].path), _test_correct(b["run"].path)
+        shared = sorted(set(ca) & set(cb))
+        lo, hi = bootstrap_interval(np.array([ca[s] for s in shared], float), np.array([cb[s] for s in shared], float))
+        verdict = "a lead larger than chance" if p < 0.05 and lo > 0 else "a lead within chance (not significant)"
+        blocks.append(("p", f"Best vs runner-up ({b['model']} {b['layer']} {b['head']}): CV difference "
+                            f"{a['cv_mean'] - b['cv_mean']:+.4f}, corrected paired t-test over the {len(a['folds'])} folds p = {p:.3f}; "
+                            f"test difference {a['test'] - b['test']:+.4f}, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
+                            f"on {len(shared)} shared test images: {verdict}."))
+    if any(r["dropped"] for r in rows):
+        blocks.append(("p", "Rows marked 'dropped' had input files that their backbone could not use (skipped at extraction); "
+                            "those images are missing from that row's folds and test set."))
+    blocks.append(("img", "leaderboard.png", "accuracy against extraction cost"))
+    return blocks
+
+
+def _plot_cost(rows: list[dict], path: Path) -> Path:
+    from .report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    heads = sorted({r["head"] for r in rows})
+    for k, head in enumerate(heads):
+        mine = [r for r in rows if r["head"] == head]
+        cost = [1000.0 / r["images_per_second"] if r["images_per_second"] and r["images_per_second"] > 0 else np.nan for r in mine]
+        ax.errorbar(cost, [r["cv_mean"] for r in mine], yerr=[r["cv_std"] for r in mine], fmt="o", capsize=3, label=head, color=f"C{k}")
+        for x, r in zip(cost, mine):
+            ax.annotate(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}\n{r['layer']} {r['pool']}",
+                        (x, r["cv_mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("extraction cost (ms per image, this machine)")
+    ax.set_ylabel("CV accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
