@@ -67,8 +67,9 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     score_times = np.empty_like(scores)
     bar = progress.bar(len(cands) * n_folds, f"search {type(estimator).__name__}", progress_bar, unit="fit")
     path = getattr(estimator, "search_path", None)
-    if callable(path):
-        scores[:], fit_times[:], score_times[:] = path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update)
+    shared = path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update) if callable(path) and backend == "local" else None
+    if shared is not None:
+        scores[:], fit_times[:], score_times[:] = shared
     else:
         jobs = [(c, f) for c in range(len(cands)) for f in range(n_folds)]
         with parallel_backend(backend, n_jobs):
