@@ -138,7 +138,7 @@ def save_run(runs_dir: Path, run_dir, head, estimator, grid, fixed, result, spli
         "best_params": result.best_params,
         "best_cv_mean": table["mean_test_score"][best],
         "best_cv_std": table["std_test_score"][best],
-        "best_on_edge": edge_params(grid, result.best_params),
+        "best_on_edge": edge_params(grid, table, best),
         "search_seconds": round(search_seconds, 3),
         "refit_seconds": round(result.refit_seconds, 3),
         "fit_seconds": round(search_seconds + result.refit_seconds, 3),
@@ -169,12 +169,20 @@ def save_run(runs_dir: Path, run_dir, head, estimator, grid, fixed, result, spli
     return run
 
 
-def edge_params(grid: dict[str, list], best: dict) -> list[str]:
-    """Searched numeric parameters whose best value is the smallest or largest tried."""
+def edge_params(grid: dict[str, list], table: dict, best_index: int) -> list[str]:
+    """Searched numeric parameters whose best value is the smallest or largest tried and beats
+    its inner neighbour (a plateau reaching the edge is no sign that the optimum lies outside)."""
+    best = table["params"][best_index]
+    mean = np.asarray(table["mean_test_score"])
     edges = []
     for name, values in grid.items():
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if len(numbers) >= 3 and best.get(name) in (min(numbers), max(numbers)):
+        numbers = sorted({v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if len(numbers) < 3 or best.get(name) not in (numbers[0], numbers[-1]):
+            continue
+        inner = numbers[1] if best[name] == numbers[0] else numbers[-2]
+        same_others = [i for i, p in enumerate(table["params"])
+                       if p.get(name) == inner and all(p.get(k) == v for k, v in best.items() if k != name)]
+        if same_others and mean[best_index] > mean[same_others[0]] + 1e-3:
             edges.append(name)
     return edges
 
