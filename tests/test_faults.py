@@ -71,16 +71,23 @@ def test_second_process_waits_for_the_lock_then_hits_the_cache(tmp_path):
     cache = tmp_path / "cache"
     cmd = featcache_command() + ["extract", "--data", str(data), "--cache-dir", str(cache), *SLOW[:-1]]
     first = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not list(cache.glob("*.lock")) and time.time() < deadline:
+    deadline = time.time() + 120
+    while not list(cache.glob("*.partial/seg-*.json")) and time.time() < deadline and first.poll() is None:
         time.sleep(0.01)
-    second = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    first.send_signal(signal.SIGSTOP)  # freeze the first writer mid-extraction, holding its lock
+    err_file = tmp_path / "second.err"
+    with open(err_file, "w") as err:
+        second = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=err, text=True)
+        while "waiting for another featcache process" not in err_file.read_text() and time.time() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGCONT)
+        out2, _ = second.communicate(timeout=300)
     out1, err1 = first.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0, err1 + second.stderr
-    a, b = json.loads(out1), json.loads(second.stdout)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err_file.read_text()
+    a, b = json.loads(out1), json.loads(out2)
     assert a["id"] == b["id"] and b["cache_hit"] and not a["cache_hit"]
-    assert "waiting for another featcache process" in second.stderr
-    assert not run_cli("cache", "verify", "--cache-dir", cache).returncode
+    assert "waiting for another featcache process" in err_file.read_text()
+    assert run_cli("cache", "verify", "--cache-dir", cache).returncode == 0
 
 
 def test_lock_timeout_stops_with_a_clear_message(images, tmp_path):
