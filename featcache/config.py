@@ -30,3 +30,14 @@ def offline() -> bool:
         os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
         for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")
     )
+
+
+def resolvable(host: str) -> bool:
+    """Whether ``host`` resolves: a cheap test for a machine with no network at all."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False

@@ -111,11 +111,12 @@ def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
     return out
 
 
-def run(spec: ExtractorSpec, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
+def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
         options: EngineOptions, decode: Decode, dtype: str, progress) -> int:
     """Extract ``indices`` (aligned with absolute ``files``) batch by batch into ``staging``."""
     if not indices:
         return 0
+    spec = forward.spec
     dataset = ImageRows(files, indices, Transform(spec.backbone.preprocess, decode), known_bad)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -127,7 +128,6 @@ def run(spec: ExtractorSpec, files: list[str], indices: list[int], known_bad: di
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
     )
-    forward = Forward(spec, options.device, options.precision, options.channels_last)
     path_of = dict(zip(indices, files))
     done = 0
     for batch_indices, batch, bad in loader:

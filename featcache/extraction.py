@@ -162,14 +162,17 @@ def extract(
         options = local.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=prec, on_error=on_error)
 
         t0 = time.perf_counter()
+        # The model is built before the bar starts, so missing weights fail before any progress shows.
+        forward = local.Forward(spec, dev, prec, options.channels_last) if todo else None
         bar = progress.bar(len(todo), f"extract {model}", progress_bar)
         try:
-            if engine == "ray":
+            if engine == "ray" and todo:
                 from . import ray_engine
 
+                del forward  # the actors hold the replicas; building one here checked the weights
                 ray_engine.run(spec, files, todo, known_bad, staging, options, decode, dtype, bar, ray_address)
-            else:
-                local.run(spec, files, todo, known_bad, staging, options, decode, dtype, bar)
+            elif todo:
+                local.run(forward, files, todo, known_bad, staging, options, decode, dtype, bar)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0

@@ -73,16 +73,25 @@ class TimmFamily(Family):
             f"on a connected machine run `python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` "
             "and copy ~/.cache/huggingface (HF_HOME) here, or use --weights PATH for a local state dict, or --weights none"
         )
-        if config.offline():
-            import os
+        import logging
 
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import huggingface_hub.constants as hub
+
+        # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,
+        # instead of five retries per file.
+        if config.offline() or not config.resolvable("huggingface.co"):
+            hub.HF_HUB_OFFLINE = True
+        quiet = logging.getLogger("huggingface_hub")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return timm.create_model(arch, pretrained=True)
         except Exception as err:  # huggingface_hub and urllib raise many different types offline
             raise WeightsError(message) from err
+        finally:
+            quiet.setLevel(level)
 
     def nodes(self, model: nn.Module) -> list[str]:
         from timm.models import get_graph_node_names

@@ -6,6 +6,7 @@ import functools
 import warnings
 from pathlib import Path
 from urllib.error import URLError
+from urllib.parse import urlparse
 
 from torch import nn
 
@@ -70,7 +71,7 @@ class TorchvisionFamily(Family):
         filename = Path(enum.url).name
         cached = w.torch_hub_checkpoints() / filename
         message = w.offline_message(str(enum), filename, enum.url, w.torch_hub_checkpoints())
-        if not cached.is_file() and config.offline():
+        if not cached.is_file() and (config.offline() or not config.resolvable(urlparse(enum.url).hostname or "")):
             raise WeightsError(message)
         try:
             with warnings.catch_warnings():
