@@ -1,0 +1,87 @@
+"""Issue 5, security: nothing unpickles; user weights load with weights_only; attributes are data."""
+
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import featcache
+from classifiers import load_head
+from featcache.errors import WeightsError
+from featcache.runs import load_run
+from tests.conftest import make_images
+
+FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False)
+
+
+class Payload:
+    """Unpickling this runs code: the attack a weights file can carry."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('yes')",))
+
+
+def test_feature_sets_runs_and_heads_load_without_unpickling(tmp_path, monkeypatch):
+    data = make_images(tmp_path / "data", per_class=6)
+    result = featcache.extract(data, cache_dir=tmp_path / "c", **FAST)
+    run = featcache.fit(head="logreg", params={"C": [1.0]}, cv=3, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r",
+                        progress_bar=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(np, "load", lambda *a, **k: refuse() if k.get("allow_pickle") else np.lib.npyio.load(*a, **k))
+    with featcache.open_features(result.id, tmp_path / "c") as fs:
+        assert fs.load().shape[0] == 12 and fs.meta["model"] == "resnet18"
+    assert load_run(run.path).params["head"] == "logreg"
+    assert load_head(run.path / "head").predict(np.zeros((1, 512, 1, 1), np.float32)).shape == (1,)
+    predictions = featcache.predict([data / "cats"], run.path, cache_dir=tmp_path / "c", progress_bar=False)
+    assert len(predictions) == 6
+
+
+def test_a_weights_file_carrying_code_is_refused_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"conv1.weight": Payload()}, f)
+    data = make_images(tmp_path / "data", per_class=2)
+    with pytest.raises(WeightsError, match="cannot read weights file"):
+        featcache.extract(data, cache_dir=tmp_path / "c", **{**FAST, "weights": str(evil)})
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_hdf5_attributes_are_parsed_as_data_never_evaluated(tmp_path):
+    data = make_images(tmp_path / "data", per_class=3)
+    result = featcache.extract(data, cache_dir=tmp_path / "c", **FAST)
+    with h5py.File(result.path, "r+") as f:
+        f.attrs["model"] = "__import__('os').system('touch PWNED')"
+        f.attrs["preprocess"] = '{"crop_size": 32, "note": "__import__(\\"os\\")"}'
+    with featcache.open_features(result.id, tmp_path / "c") as fs:
+        assert fs.meta["model"].startswith("__import__")  # a plain string
+        assert fs.meta["preprocess"]["note"] == '__import__("os")'
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_user_weights_go_through_torch_load_weights_only(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    path = tmp_path / "w.pth"
+    torch.save(resnet18().state_dict(), path)
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    data = make_images(tmp_path / "data", per_class=2)
+    featcache.extract(data, cache_dir=tmp_path / "c", **{**FAST, "weights": str(path)})
+    assert calls and all(c is True for c in calls)
