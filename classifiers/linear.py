@@ -1,19 +1,41 @@
-"""Shared code of the linear heads (svm, logreg, gap): row/feature normalisation and the decision.
+"""Shared code of the linear heads (svm, logreg, gap): normalisation, the Gram-matrix path, the decision.
 
 A linear head fits a scikit-learn linear model on normalised features, then keeps only its
 ``coef_`` and ``intercept_`` (float32). Decisions are computed here with numpy, the same way in
 memory and after ``load_head``, so a reloaded head gives bit-identical results.
+
+Wide features (more dimensions than training images, e.g. 2,000 x 25,088 flattened maps) are solved
+through the Gram matrix K = Z Z^T. With an L2 penalty the optimal weights lie in the span of the
+training rows (w = Z^T beta), so fitting the same scikit-learn model on rows of a factor L of K
+(K = L L^T, n x n instead of n x d) gives exactly the same model: z.w = (L w_L)_i and |w|^2 = |w_L|^2.
+LinearSVC regularises its bias (liblinear appends a constant feature 1), so the svm factorises
+K + 1 and fits no separate intercept; LogisticRegression does not, so logreg keeps its intercept.
+A grid search reuses one K for every fold and every C (``search_path``).
 """
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, solve_triangular
 
 from classifiers.base import Head, Rule
 
 NORMALIZE = ("l2", "standard", "none")
+
+
+def gram_factor(K: np.ndarray) -> np.ndarray:
+    """A lower-triangular L with K = L L^T (a small jitter makes a semi-definite K usable)."""
+    jitter = 1e-10 * float(np.trace(K)) / len(K)
+    for _ in range(6):
+        try:
+            L, _ = cho_factor(K + jitter * np.eye(len(K)), lower=True, check_finite=False)
+            return np.tril(L)
+        except LinAlgError:
+            jitter = max(jitter * 100, 1e-12)
+    raise LinAlgError("Gram matrix is not positive definite")
 
 
 class LinearHead(Head):
@@ -22,10 +44,16 @@ class LinearHead(Head):
     _state_arrays: ClassVar[tuple[str, ...]] = ("coef_", "intercept_", "mean_", "scale_")
     _state_scalars: ClassVar[tuple[str, ...]] = ("n_iter_",)
     normalize_rule: ClassVar[Rule] = Rule(str, options=NORMALIZE)
+    solvers: ClassVar[tuple[str, ...]] = ("auto", "gram")  # each head adds its direct solver's name
+    bias_in_kernel: ClassVar[bool] = False  # True when the model regularises its intercept (liblinear)
 
-    def _make_model(self):  # pragma: no cover - every linear head overrides
+    def _make_model(self, **overrides):  # pragma: no cover - every linear head overrides
         """The unfitted scikit-learn linear classifier to train on the normalised features."""
         raise NotImplementedError
+
+    def _gram_model(self, **overrides):
+        """The same classifier, set up to train on rows of the Gram factor."""
+        return self._make_model(fit_intercept=not self.bias_in_kernel, **overrides)
 
     # ---- normalisation
     def _fit_normalizer(self, Z: np.ndarray) -> None:
@@ -48,14 +76,33 @@ class LinearHead(Head):
             return (Z - self.mean_) / self.scale_
         return Z
 
+    def _kernel(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """A B^T (+ 1 for a regularised bias) in float64 from float32 products."""
+        return (A @ B.T).astype(np.float64) + (1.0 if self.bias_in_kernel else 0.0)
+
+    def _use_gram(self, n_samples: int, n_features: int) -> bool:
+        return self.solver == "gram" or (self.solver == "auto" and n_features > n_samples)
+
     # ---- fit / decide
     def fit(self, X, y):
-        """Validate, normalise, fit the linear model, keep float32 ``coef_``/``intercept_``; return self."""
+        """Validate, normalise, fit directly or through the Gram matrix, keep float32 weights; return self."""
         Z, y, _ = self._validate_fit(X, y)
         self._fit_normalizer(Z)
-        model = self._make_model().fit(self._normalized(Z), y)
+        Zn = self._normalized(Z)
+        if not self._use_gram(*Zn.shape):
+            return self._set_model(self._make_model().fit(Zn, y))
+        L = gram_factor(self._kernel(Zn, Zn))
+        model = self._gram_model().fit(L, y)
+        # w = Z^T beta with beta = L^-T w_L; a bias inside the kernel is the weight of the constant 1.
+        beta = solve_triangular(L, model.coef_.T, lower=True, trans="T", check_finite=False)
+        model.coef_ = (Zn.T.astype(np.float64) @ beta).T
+        if self.bias_in_kernel:
+            model.intercept_ = beta.sum(axis=0)
+        return self._set_model(model)
+
+    def _set_model(self, model):
         self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float32)
-        self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float32)
+        self.intercept_ = np.ascontiguousarray(np.broadcast_to(model.intercept_, (len(self.coef_),)), dtype=np.float32)
         self.n_iter_ = int(np.max(model.n_iter_))
         return self
 
@@ -63,3 +110,47 @@ class LinearHead(Head):
         """Linear scores: shape (n,) for 2 classes (> 0 means ``classes_[1]``), else (n, n_classes)."""
         scores = self._normalized(self._validate_X(X)) @ self.coef_.T + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
+
+    # ---- grid search over C sharing one Gram matrix
+    def search_path(self, X, y, folds, candidates, n_jobs=1, on_fit=None):
+        """Per-fold accuracy of every candidate, sharing one Gram matrix; None when it does not apply.
+
+        Applies to wide features, row-wise normalisation ('l2' or 'none': no per-fold statistics)
+        and grids over C only. Returns (scores, fit_times, score_times), candidates x folds.
+        """
+        from joblib import Parallel, delayed
+        from sklearn.base import clone
+        from threadpoolctl import threadpool_limits
+
+        if any(k != "C" for c in candidates for k in c) or self.normalize == "standard":
+            return None
+        self._check_params()
+        probe = clone(self)  # _features may record fitted shapes; keep them off this template
+        Z = probe._features(probe._check_input(np.asarray(X, dtype=np.float32)), fit=True)
+        if not self._use_gram(min(len(t) for t, _ in folds), Z.shape[1]):
+            return None
+        for c in candidates:
+            clone(self).set_params(**c)._check_params()
+        Zn = self._normalized(Z)
+        K = self._kernel(Zn, Zn)
+        Cs = [c.get("C", self.C) for c in candidates]
+
+        def fold_path(train, valid):
+            with threadpool_limits(1):  # small factorisations: BLAS threads cost more than they give
+                start = time.perf_counter()
+                L = gram_factor(K[np.ix_(train, train)])
+                phi_valid = solve_triangular(L, K[np.ix_(valid, train)].T, lower=True, check_finite=False).T
+                setup = (time.perf_counter() - start) / len(Cs)
+                out = []
+                for C in Cs:
+                    start = time.perf_counter()
+                    model = self._gram_model(C=C).fit(L, y[train])
+                    fit_time = time.perf_counter() - start + setup
+                    start = time.perf_counter()
+                    out.append((float(np.mean(model.predict(phi_valid) == y[valid])), fit_time, time.perf_counter() - start))
+                    if on_fit:
+                        on_fit()
+                return out
+
+        results = np.array(Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fold_path)(t, v) for t, v in folds))
+        return results[:, :, 0].T, results[:, :, 1].T, results[:, :, 2].T
