@@ -377,15 +377,23 @@ def report(targets, out, runs_dir):
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run", required=True, type=click.Path(), help="Run directory made by `featcache fit`.")
+@click.option("--run", "run", default=None, type=click.Path(), help="Run directory made by `featcache fit` [default: the newest run].")
 @click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @CACHE_DIR
+@RUNS_DIR
 @QUIET
 @JSON
-def predict(inputs, run, batch_size, device, cache_dir, quiet, as_json):
+def predict(inputs, run, batch_size, device, cache_dir, runs_dir, quiet, as_json):
     """Label new images (files or folders) with a run's backbone and head."""
+    from featcache import config
     from featcache.prediction import predict as run_predict
+    from featcache.runs import latest
+
+    if run is None:
+        run = latest(config.runs_dir(runs_dir))
+        if not quiet:
+            click.echo(f"using run {run} (the newest)", err=True)
 
     results = run_predict(inputs, run, batch_size=_int_or_auto(batch_size, "--batch-size"), device=device,
                           cache_dir=cache_dir, progress_bar=not quiet)

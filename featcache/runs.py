@@ -233,3 +233,10 @@ def list_runs(runs_dir: Path) -> list[Run]:
             except RunError:
                 continue
     return out
+
+
+def latest(runs_dir: Path) -> Path:
+    found = list_runs(runs_dir)
+    if not found:
+        raise RunError(f"no finished runs in {runs_dir}: `featcache fit` makes one, or pass --run / --runs-dir")
+    return max(found, key=lambda r: r.params["created"]).path
