@@ -63,7 +63,7 @@ def main(debug: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Images -> a cached feature set.")
 @click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/.")
 @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="Backbone: a torchvision name, timm:NAME, or efficientnet_lite0 (built in, offline).")
 @click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
@@ -126,7 +126,7 @@ def _int_or_auto(value: str, flag: str):
 
 
 # ------------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="List backbones, default cuts, shapes.")
 @click.argument("pattern", required=False)
 @click.option("--layers", "layers_of", metavar="MODEL", default=None, help="List the graph nodes --layer accepts for MODEL.")
 @QUIET
@@ -157,7 +157,7 @@ def _table(rows: list[tuple]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-@main.group()
+@main.group(short_help="List, inspect, verify, remove, merge feature sets.")
 def cache():
     """Manage cached feature sets: list, info, verify, rm, merge."""
 
@@ -250,7 +250,7 @@ def cache_merge(ref, cache_dir, quiet):
 
 
 # ------------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Grid-search a head on cached features.")
 @click.option("--head", "head", default="svm", show_default=True, help="Classifier head: svm, logreg, gap, mlp (see `featcache heads`).")
 @click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
 @click.option("--param", "params", multiple=True, metavar="NAME=v1,v2", help="Search these values (repeatable; several names form a full grid).")
@@ -287,7 +287,7 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
         click.echo(f"test accuracy: {run.test_accuracy:.4f}")
 
 
-@main.command()
+@main.command(short_help="List heads, parameters, default grids.")
 def heads():
     """List classifier heads with their parameters and default grids."""
     from classifiers import get_head, list_heads
@@ -300,7 +300,7 @@ def heads():
 
 
 
-@main.command()
+@main.command(short_help="Compare runs in a table.")
 @click.option("--sort", "sort", type=click.Choice(["created", "head", "features", "cv", "test", "time"]), default="created",
               show_default=True, help="Column to sort by (cv/test: best first; time: fastest first).")
 @click.option("--head", "head", default=None, help="Only runs of this head.")
@@ -340,7 +340,7 @@ def runs(sort, head, features, runs_dir, as_json):
     click.echo(_table(table))
 
 
-@main.command()
+@main.command(short_help="Re-render or compare runs and sweeps.")
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Where a comparison of several runs goes [default: RUNS_DIR/compare-TIME].")
 @RUNS_DIR
@@ -375,7 +375,7 @@ def report(targets, out, runs_dir):
     click.echo(f"wrote {md} and {page}")
 
 
-@main.command()
+@main.command(short_help="Label new images with a run.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run", default=None, type=click.Path(), help="Run directory made by `featcache fit` [default: the newest run].")
 @click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto.")
@@ -408,7 +408,7 @@ def predict(inputs, run, batch_size, device, cache_dir, runs_dir, quiet, as_json
             click.echo(f"{d['path']}\t{r.label}\t{r.confidence:.4f}")
 
 
-@main.command()
+@main.command(short_help="Backbones x layers x heads: a leaderboard.")
 @click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder.")
 @click.option("--model", "-m", "models", multiple=True, metavar="MODEL[@WEIGHTS]", help="Backbone (repeatable); e.g. resnet18, efficientnet_lite0@none.")
 @click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
