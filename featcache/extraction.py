@@ -21,7 +21,7 @@ import numpy as np
 from . import backbones, cache, config, fingerprint, progress
 from .errors import CacheError, FeatcacheError
 from .images import Decode
-from .manifest import Manifest, display, scan
+from .manifest import Manifest, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, write_isolated
 

@@ -86,6 +86,13 @@ def _plt():
     return plt
 
 
+def save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out)
+    _plt().close(fig)
+    return out
+
+
 def is_log_scale(values) -> bool:
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return len(numbers) == len(values) and len(numbers) > 1 and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
@@ -112,10 +119,7 @@ def plot_param(table: dict, name: str, out: Path, title: str) -> Path | None:
     ax.set_ylabel("CV accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path | None:
@@ -134,10 +138,7 @@ def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("test confusion matrix", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def plot_history(history: list[dict], out: Path) -> Path | None:
@@ -156,10 +157,7 @@ def plot_history(history: list[dict], out: Path) -> Path | None:
         axis.grid(alpha=0.3)
         axis.legend()
     fig.suptitle("MLP learning curves (refit on all CV images)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -264,10 +262,7 @@ def plot_comparison(runs: list, out: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def render_comparison(runs: list, out: Path) -> tuple[Path, Path]:

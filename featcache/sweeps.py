@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,7 +343,7 @@ def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
 
 
 def _plot_cost(rows: list[dict], path: Path) -> Path:
-    from .report import _plt
+    from .report import _plt, save
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -360,7 +359,4 @@ def _plot_cost(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("CV accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
