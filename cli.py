@@ -37,6 +37,9 @@ class Featcache(click.Group):
         except KeyboardInterrupt:
             click.echo("featcache: interrupted; run the same command again to resume", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # e.g. `featcache runs | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as err:
             if debug:
                 raise
