@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -33,7 +34,6 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     """Join ``address`` (a running cluster) or start a local Ray; reuse an existing connection."""
     ray = _ray()
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # keep Ray's C++ notices off the user's terminal
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
@@ -102,14 +102,19 @@ def run(spec, files, indices, known_bad, staging, options, decode, dtype, progre
     items = [{"index": int(i), "path": f, "reason": known_bad.get(int(i), "")} for i, f in zip(indices, files)]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # featcache draws its own bar
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
     ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": decode},
                         batch_size=options.batch_size, num_cpus=1)
-    ds = ds.map_batches(
-        _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, dtype),
-        batch_size=options.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-    )
+    with warnings.catch_warnings():  # Ray deprecates passing max_restarts this way but has no other yet
+        warnings.simplefilter("ignore")
+        ds = ds.map_batches(
+            _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, dtype),
+            batch_size=options.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            max_restarts=0,  # a failed replica fails the run (resumable) rather than restarting silently
+        )
     done = 0
     for batch in ds.iter_batches(batch_size=options.batch_size, batch_format="numpy", prefetch_batches=2):
         reasons = batch["reason"]
