@@ -22,10 +22,15 @@ from .manifest import display
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Measured on a 2-core CPU (bench/extract_speed.py): the fastest batch size per architecture.
-# Larger batches are slower there for depthwise-heavy nets; on a GPU larger is better.
-CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 16, "efficientnet_lite0": 16, "resnet18": 32, "vgg16": 16}
-CPU_DEFAULT_BATCH = 32
+# The fastest batch size per architecture on CPU, measured forward-only and end to end on a
+# 2-core EPYC (bench/extract_speed.py, bench/extract_levers.py; tables in bench/RESULTS.md).
+# On CPU larger batches are *slower*: forward-only EfficientNet-Lite0 ran 57-93 img/s at batch
+# 2-4 but 44-56 at 16 and 36-43 at 64 (end to end, batch 4 = 1.16x batch 16); resnet18 peaked at
+# 8-16 (~50) and fell to ~40 at 64; vgg16 is flat (6.4-6.7 img/s at 2-4, 5.8-6.0 at 16).
+# channels_last was faster for all three at every batch > 1 (1.1-2x), so it stays on for every
+# model. On a GPU larger is better.
+CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 4, "efficientnet_lite0": 4, "resnet18": 16, "vgg16": 4}
+CPU_DEFAULT_BATCH = 8  # no measured model was fastest above 16; 8 is within ~10% of each one's best
 CUDA_DEFAULT_BATCH = 128
 
 

@@ -121,7 +121,7 @@ def test_hdf5_chunks_filters_and_attributes(images, cache_dir):
         ds = f["features"]
         assert ds.chunks[1:] == ds.shape[1:]  # chunked along rows only
         assert ds.chunks[0] == 12  # 512x7x7 float16 = 50 KB a row: a 1 MiB chunk holds 20, capped at the 12 rows
-        assert ds.compression == "lzf" and ds.fletcher32 and ds.shuffle
+        assert ds.compression == "gzip" and ds.compression_opts == 1 and ds.fletcher32 and ds.shuffle
         assert f.attrs["complete"] and f.attrs["id"] == result.id
         assert json.loads(f.attrs["preprocess"])["resize_size"] == 256
         for name in ("labels", "paths", "split", "index", "class_names", "manifest/path", "manifest/mtime_ns", "skipped/reason"):
