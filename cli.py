@@ -11,7 +11,11 @@ import json
 import os
 import sys
 
-import click
+# Before torch loads: OpenMP threads that sleep instead of spinning. With a core busy elsewhere,
+# spinning made 2-thread inference ~10x slower (bench/RESULTS.md); on a quiet machine it is a wash.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import click  # noqa: E402
 
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,

@@ -12,6 +12,11 @@ Heavy modules (torch, h5py) load on first use, so importing featcache is cheap.
 from __future__ import annotations
 
 import importlib
+import os
+
+# Effective only if torch is not imported yet: OpenMP threads sleep instead of spinning, which keeps
+# 2-thread inference fast when another process holds a core (bench/RESULTS.md, "Levers").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
     "extract", "open_features", "fit", "predict", "sweep", "list_models", "FeatureSet", "ExtractResult",
