@@ -8,7 +8,9 @@ number of images and a crash loses at most one batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ class EngineOptions:
     precision: str  # fp32 | fp16 | bf16
     channels_last: bool = True
     on_error: str = "skip"  # skip | fail
+    compile: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -83,29 +86,47 @@ def auto_workers(device: torch.device) -> int:
 
 
 class Forward:
-    """The backbone on a device, turning uint8 batches into float32 numpy features."""
+    """The backbone on a device, turning uint8 batches into float32 numpy features.
 
-    def __init__(self, spec: ExtractorSpec, device: torch.device, precision: str, channels_last: bool = True):
+    ``compile_batch``: compile the model with torch.compile for batches of exactly this size (a
+    short last batch is padded, so nothing recompiles); if compiling fails, run eagerly.
+    """
+
+    def __init__(self, spec: ExtractorSpec, device: torch.device, precision: str, channels_last: bool = True,
+                 compile_batch: int | None = None):
         self.spec, self.device, self.precision = spec, device, precision
         self.channels_last = channels_last
         model = backbones.build(spec).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.eager = self.model = model
+        self.compile_batch = compile_batch
+        if compile_batch:
+            self.model = torch.compile(model, dynamic=False)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        n = len(batch)
+        if self.compile_batch and n < self.compile_batch:
+            batch = torch.cat([batch, batch.new_zeros((self.compile_batch - n,) + tuple(batch.shape[1:]))])
         x = batch.to(self.device, non_blocking=True)
         x = normalize(x, self.spec.backbone.preprocess)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.precision]
-        if dtype is not None:
-            with torch.autocast(self.device.type, dtype=dtype):
-                y = self.model(x)
-        else:
-            y = self.model(x)
-        return y.float().contiguous().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            y = self._run(x)
+        return y[:n].float().contiguous().cpu().numpy()
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model is self.eager:
+            return self.model(x)
+        try:
+            return self.model(x)
+        except Exception as err:  # no C++ compiler, an unsupported op...: eager is always correct
+            warnings.warn(f"torch.compile failed ({type(err).__name__}); extracting without it", stacklevel=2)
+            self.model = self.eager
+            return self.model(x)
 
 
 def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:

@@ -101,6 +101,7 @@ def extract(
     draft: bool = True,
     lock_timeout: float = -1,
     incremental: bool = True,
+    compile: bool = False,
     progress_bar: bool = True,
 ) -> ExtractResult:
     """Extract features of every image under ``data`` into the cache and return where they are."""
@@ -143,11 +144,16 @@ def extract(
             "entries": [int(lo), int(hi)], "feature_shape": list(spec.feature_shape), "dtype": dtype,
         }
         staging_dir = root / f"{name}.partial"
+        # Batch size and compilation move the last bits, not the values: a resume keeps what was recorded.
+        run_settings = {"batch_size": bs, "compile": bool(compile)}
         previous = Staging.read_header(staging_dir)
-        if previous and {k: v for k, v in previous.items() if k != "batch_size"} == header and previous.get("batch_size") != bs:
-            progress.say(f"resuming with batch size {previous['batch_size']} as recorded (keeps features bit-identical)", progress_bar)
-            bs = previous["batch_size"]
-        staging = Staging.open(staging_dir, {**header, "batch_size": bs})
+        if previous and {k: v for k, v in previous.items() if k not in run_settings} == header:
+            recorded = {k: previous.get(k, v) for k, v in run_settings.items()}
+            if recorded != run_settings:
+                progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", progress_bar)
+                run_settings = recorded
+        bs, compile = run_settings["batch_size"], run_settings["compile"]
+        staging = Staging.open(staging_dir, {**header, **run_settings})
         resumed = staging.n_rows() + len(staging.skipped())
         if resumed:
             progress.say(f"resuming feature set {fsid}: {resumed} of {hi - lo} images already done", progress_bar)
@@ -159,11 +165,12 @@ def extract(
         files = [str(manifest.root / manifest.paths[i]) for i in todo]
         known_bad = {i: r for i, r in manifest.unreadable.items() if lo <= i < hi}
         workers_n = int(workers) if str(workers) != "auto" else local.auto_workers(dev)
-        options = local.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=prec, on_error=on_error)
+        options = local.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=prec, on_error=on_error,
+                                      compile=compile)
 
         t0 = time.perf_counter()
         # The model is built before the bar starts, so missing weights fail before any progress shows.
-        forward = local.Forward(spec, dev, prec, options.channels_last) if todo else None
+        forward = local.Forward(spec, dev, prec, options.channels_last, bs if compile else None) if todo else None
         bar = progress.bar(len(todo), f"extract {model}", progress_bar)
         try:
             if engine == "ray" and todo:
@@ -179,7 +186,7 @@ def extract(
         args = {
             "data": str(data), "model": model, "weights": spec.backbone.weights.path or weights, "layer": layer,
             "pool": pool, "image_size": image_size, "dtype": dtype, "precision": precision, "draft": draft,
-            "cache_dir": str(cache_dir) if cache_dir else None,
+            "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile,
         }
         attrs = _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, (lo, hi), args, seconds, len(todo), torch)
         write_isolated(final, attrs, manifest, staging, spec.feature_shape, dtype)
@@ -276,6 +283,7 @@ def _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, entries, args, secon
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(dev),
         "batch_size": bs,
+        "compiled": bool(args.get("compile")),
         "extract_seconds": round(seconds, 3),
         "images_per_second": round(n_done / seconds, 2) if n_done and seconds > 0 else 0.0,
         "versions": {

@@ -251,3 +251,12 @@ def test_models_lists_default_layer_and_shape():
     line = next(line for line in r.stdout.splitlines() if line.startswith("resnet18 "))
     assert "layer4" in line and "512x7x7" in line and "ResNet18_Weights.IMAGENET1K_V1" in line
     assert "fc" in run_cli("models", "--layers", "resnet18").stdout.split()
+
+
+def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_path):
+    eager = featcache.extract(images, cache_dir=cache_dir, batch_size=5, **FAST)  # 12 images: a short last batch
+    compiled = featcache.extract(images, cache_dir=tmp_path / "c2", batch_size=5, compile=True, **FAST)
+    assert compiled.id == eager.id  # compilation changes speed (and at most the last bits), not the feature set
+    with eager.open() as a, compiled.open() as b:
+        np.testing.assert_allclose(b.load(np.float32), a.load(np.float32), rtol=2e-3, atol=1e-3)
+        assert b.meta["compiled"] is True and a.meta["compiled"] is False
