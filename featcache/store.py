@@ -138,6 +138,10 @@ def write_isolated(*args) -> str:
     receive, send = ctx.Pipe(duplex=False)
 
     def child():
+        # Errors travel through the pipe; after a failed write h5py prints "Exception ignored"
+        # tracebacks from its finalizers, which must not reach the user's terminal.
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 2)
         try:
             send.send(("ok", write_feature_set(*args)))
         except CacheError as err:
