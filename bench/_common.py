@@ -229,5 +229,14 @@ def _cell(v) -> str:
     return str(v)
 
 
+def write_report(script: str, report: list[str], quick: bool, started: float) -> None:
+    """Close a script's report with its running time and save it as bench/out/<script>[-quick].md."""
+    report.append(f"\ntotal {time.perf_counter() - started:.0f} s")
+    print(report[-1])
+    out = out_dir() / f"{script}{'-quick' if quick else ''}.md"
+    out.write_text("\n".join(report) + "\n")
+    print(f"report written to {out.relative_to(REPO)}")
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

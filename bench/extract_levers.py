@@ -191,11 +191,7 @@ def main() -> None:
         section_draft(cfg, hym, report)
     if "compile" in sections:
         section_compile(cfg, report)
-    report.append(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    print(report[-1])
-    out = C.out_dir() / f"extract_levers{'-quick' if q else ''}.md"
-    out.write_text("\n".join(report) + "\n")
-    print(f"report written to {out.relative_to(C.REPO)}")
+    C.write_report("extract_levers", report, q, t_start)
 
 
 if __name__ == "__main__":

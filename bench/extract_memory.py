@@ -103,7 +103,7 @@ def main() -> None:
         for size, r in ((n, a), (4 * n, b)):
             rows.append([kind, size, r["baseline"], r["self"], r["children"], max(r["self"], r["children"]),
                          r["self"] + r["children"], r["file_mb"], r["seconds"]])
-        rows.append([kind, f"ratio 4N/N", "", b["self"] / a["self"], (b["children"] / a["children"]) if a["children"] else "-",
+        rows.append([kind, "ratio 4N/N", "", b["self"] / a["self"], (b["children"] / a["children"]) if a["children"] else "-",
                      max(b["self"], b["children"]) / max(a["self"], a["children"]),
                      (b["self"] + b["children"]) / (a["self"] + a["children"]), "", ""])
     report.append(C.table(
@@ -119,11 +119,7 @@ def main() -> None:
                f"naive features alone: {4 * n * 512 * 49 * 4 / 2**20:.0f} MB at {4 * n} images, x2 while np.concatenate copies.")
     report.append(verdict)
     print(verdict)
-    report.append(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    print(report[-1])
-    out = C.out_dir() / f"extract_memory{'-quick' if args.quick else ''}.md"
-    out.write_text("\n".join(report) + "\n")
-    print(f"report written to {out.relative_to(C.REPO)}")
+    C.write_report("extract_memory", report, args.quick, t_start)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
-import numpy as np
 import torch
 
 import featcache
@@ -339,11 +338,7 @@ def main() -> None:
         section_headline(cfg, nets, best, datasets, report)
     if "vgg16" in sections:
         section_vgg16(cfg, report)
-    report.append(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    print(report[-1])
-    out = C.out_dir() / f"extract_speed{'-quick' if q else ''}.md"
-    out.write_text("\n".join(report) + "\n")
-    print(f"report written to {out.relative_to(C.REPO)}")
+    C.write_report("extract_speed", report, q, t_start)
 
 
 if __name__ == "__main__":

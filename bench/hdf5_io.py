@@ -135,7 +135,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(n, size=max(1, n // 10), replace=False))  # h5py needs increasing indices
     path = C.out_dir() / f"hdf5_io-{os.getpid()}.h5"
-    rows_out, fold_rows = [], []
+    rows_out = []
     best_default = {}
     for (kind, dtype), data in variants.items():
         for chunk_name, rows in chunkings(data.shape[1:], dtype, n).items():
@@ -161,11 +161,7 @@ def main() -> None:
         rows.append([kind, dtype, fname, res["size"] / ref["size"], res["write"] / ref["write"], res["read"] / ref["read"]])
     report.append(C.table(["kind", "dtype", "filter", "size vs lzf", "write speed vs lzf", "read speed vs lzf"], rows,
                           "Filters at featcache's chunking, relative to lzf+shuffle"))
-    report.append(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    print(report[-1])
-    out = C.out_dir() / f"hdf5_io{'-quick' if q else ''}.md"
-    out.write_text("\n".join(report) + "\n")
-    print(f"report written to {out.relative_to(C.REPO)}")
+    C.write_report("hdf5_io", report, q, t_start)
 
 
 if __name__ == "__main__":
