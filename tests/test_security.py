@@ -46,6 +46,7 @@ def test_feature_sets_runs_and_heads_load_without_unpickling(tmp_path, monkeypat
     assert len(predictions) == 6
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hostile file is written with protocol 4 on purpose
 def test_a_weights_file_carrying_code_is_refused_and_never_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pth"
