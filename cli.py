@@ -151,6 +151,8 @@ def models(pattern, layers_of, quiet, as_json):
     from featcache.models import list_models
 
     rows = list_models(pattern, progress_bar=not quiet)
+    if not rows and not as_json:
+        raise click.ClickException(f"no model matches {pattern!r}: try `featcache models` for all, or a glob such as 'resnet*' or 'timm:vit*'")
     if as_json:
         click.echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
                                 "feature_shape": list(r.feature_shape), "weights": r.weights} for r in rows]))
@@ -350,16 +352,19 @@ def runs(sort, head, features, runs_dir, as_json):
 
 
 @main.command(short_help="Re-render or compare runs and sweeps.")
-@click.argument("targets", nargs=-1, required=True, type=click.Path())
+@click.argument("targets", nargs=-1, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Where a comparison of several runs goes [default: RUNS_DIR/compare-TIME].")
 @RUNS_DIR
 def report(targets, out, runs_dir):
-    """Re-render one run's report, a sweep's leaderboard, or several runs side by side."""
+    """Re-render one run's report (default: the newest run), a sweep's leaderboard, or several runs side by side."""
     from pathlib import Path
 
     from featcache import config
     from featcache import report as rep
-    from featcache.runs import load_run
+    from featcache.runs import latest, load_run
+
+    if not targets:
+        targets = (str(latest(config.runs_dir(runs_dir))),)
 
     if len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file():
         from featcache.sweeps import render as render_sweep

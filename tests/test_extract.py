@@ -251,6 +251,8 @@ def test_models_lists_default_layer_and_shape():
     line = next(line for line in r.stdout.splitlines() if line.startswith("resnet18 "))
     assert "layer4" in line and "512x7x7" in line and "ResNet18_Weights.IMAGENET1K_V1" in line
     assert "fc" in run_cli("models", "--layers", "resnet18").stdout.split()
+    none = run_cli("models", "resnet_nothing*")
+    assert none.returncode == 1 and "no model matches 'resnet_nothing*'" in none.stderr
 
 
 def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_path):

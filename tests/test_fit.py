@@ -129,6 +129,9 @@ def test_runs_table_sorts_and_report_compares(workspace, tmp_path):
     assert a.name in cmp.stdout and b.name in cmp.stdout
     (a.path / "report.md").unlink()
     assert run_cli("report", a.path).returncode == 0 and (a.path / "report.md").is_file()
+    (b.path / "report.md").unlink()  # no argument: the newest run
+    newest = run_cli("report", "--runs-dir", tmp_path / "runs")
+    assert newest.returncode == 0 and (b.path / "report.md").is_file() and str(b.path / "report.md") in newest.stdout
 
 
 # -- bad input: one clear line ------------------------------------------------------------------------------
