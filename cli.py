@@ -80,6 +80,7 @@ def main(debug: bool) -> None:
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
 @click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
 @click.option("--workers", default="auto", show_default=True, help="Decoding worker processes, or auto.")
+@click.option("--streams", default="auto", show_default=True, help="Batches in flight on CPU, each on cores/N threads, or auto (2 on a multi-core CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = fp16 autocast on CUDA, fp32 on CPU.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="What to do with an image that cannot be decoded.")
@@ -92,7 +93,7 @@ def main(debug: bool) -> None:
 @CACHE_DIR
 @QUIET
 @JSON
-def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, device, precision, on_error,
+def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
             shard, engine, ray_address, no_draft, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
     from featcache.extraction import extract as run_extract
@@ -101,7 +102,8 @@ def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, wo
     result = run_extract(
         data=data, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
         batch_size=_int_or_auto(batch_size, "--batch-size"), workers=_int_or_auto(workers, "--workers"),
-        device=device, precision=precision, cache_dir=cache_dir, on_error=on_error, shard=shard, engine=engine,
+        streams=_int_or_auto(streams, "--streams"), device=device, precision=precision, cache_dir=cache_dir,
+        on_error=on_error, shard=shard, engine=engine,
         ray_address=ray_address, draft=not no_draft, lock_timeout=lock_timeout, compile=compile_model,
         progress_bar=not quiet,
     )
@@ -129,7 +131,7 @@ def _int_or_auto(value: str, flag: str):
         number = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a whole number or auto", param_hint=flag) from None
-    if number < (1 if flag == "--batch-size" else 0):
+    if number < (0 if flag == "--workers" else 1):
         raise click.BadParameter(f"{value} is too small", param_hint=flag)
     return number
 

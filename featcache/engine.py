@@ -2,8 +2,14 @@
 
 Workers ship uint8 crops; normalisation, the forward pass (``inference_mode``, optional autocast
 and channels_last) and the cast to the storage dtype happen per batch in the main process, and
-every batch is committed to staging before the next one is read, so memory stays flat in the
-number of images and a crash loses at most one batch.
+batches are committed to staging in order with at most ``streams`` of them in flight, so memory
+stays flat in the number of images and a crash loses at most those batches.
+
+On CPU the backbone runs as several *streams*: threads that each run whole batches with
+cores/streams torch threads, instead of one batch at a time across every core. Small batches of
+small convolutions do not keep two cores busy inside one operator (barriers, depthwise convs), but
+two independent batches do: end to end on 2 cores, 2 streams x 1 thread ran efficientnet_lite0 at
+72-75 img/s against 51-53 for 1 x 2, and resnet18 at 45-47 against 41 (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +35,12 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The fastest batch size per architecture on CPU, measured forward-only and end to end on a
 # 2-core EPYC (bench/extract_speed.py, bench/extract_levers.py; tables in bench/RESULTS.md).
 # On CPU larger batches are *slower*: forward-only EfficientNet-Lite0 ran 57-93 img/s at batch
-# 2-4 but 44-56 at 16 and 36-43 at 64 (end to end, batch 4 = 1.16x batch 16); resnet18 peaked at
-# 8-16 (~50) and fell to ~40 at 64; vgg16 is flat (6.4-6.7 img/s at 2-4, 5.8-6.0 at 16).
-# channels_last was faster for all three at every batch > 1 (1.1-2x), so it stays on for every
-# model. On a GPU larger is better.
-CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 4, "efficientnet_lite0": 4, "resnet18": 16, "vgg16": 4}
+# 2-4 but 44-56 at 16 and 36-43 at 64; resnet18 peaked at 8-16 (~50) and fell to ~40 at 64; vgg16
+# is flat (6.4-6.7 img/s at 2-4, 5.8-6.0 at 16). With 2 streams, end to end on 500 JPEGs:
+# efficientnet_lite0 batch 2 ran 74-79 img/s against 63-76 at 4 and 59-65 at 8-16 (61-65 at 1);
+# resnet18 batch 8 ran 48-50 against 46 at 4 and 16. channels_last was faster for all three at
+# every batch > 1 (1.1-2x), so it stays on for every model. On a GPU larger is better.
+CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 2, "efficientnet_lite0": 2, "resnet18": 8, "vgg16": 4}
 CPU_DEFAULT_BATCH = 8  # no measured model was fastest above 16; 8 is within ~10% of each one's best
 CUDA_DEFAULT_BATCH = 128
 
@@ -45,6 +54,7 @@ class EngineOptions:
     channels_last: bool = True
     on_error: str = "skip"  # skip | fail
     compile: bool = False
+    streams: int = 1  # batches run concurrently, each with cores // streams torch threads (CPU)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -78,8 +88,19 @@ def auto_batch_size(spec: ExtractorSpec, device: torch.device) -> int:
     return CPU_BATCH_SIZES.get(spec.backbone.arch, CPU_DEFAULT_BATCH)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_streams(device: torch.device, compile: bool = False) -> int:
+    """2 on a multi-core CPU (measured on 2 cores); 1 on CUDA (one device queue) and when compiling."""
+    if device.type == "cuda" or compile:
+        return 1
+    return 2 if _cores() >= 2 else 1
+
+
 def auto_workers(device: torch.device) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return 1 if cores <= 2 else min(4, cores // 2)
@@ -155,15 +176,34 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
         persistent_workers=False,
     )
     path_of = dict(zip(indices, files))
+    pending: deque = deque()  # (indices, future or None, bad), committed in loader order
     done = 0
-    for batch_indices, batch, bad in loader:
-        if bad and options.on_error == "fail":
-            index, reason = bad[0]
-            raise ImageDecodeError(f"cannot use {display(path_of[index])}: {reason} (use --on-error skip to skip bad files)")
+
+    def commit_oldest() -> None:
+        nonlocal done
+        batch_indices, future, bad = pending.popleft()
         features = None
-        if batch is not None:
-            features = to_storage(forward(batch), dtype, display(path_of[int(batch_indices[0])]))
+        if future is not None:
+            features = to_storage(future.result(), dtype, display(path_of[int(batch_indices[0])]))
         staging.commit(batch_indices.numpy(), features, bad)
         done += len(batch_indices) + len(bad)
         progress.update(len(batch_indices) + len(bad))
+
+    streams = max(1, options.streams)
+    threads = torch.get_num_threads()
+    if streams > 1:
+        torch.set_num_threads(max(1, _cores() // streams))
+    try:
+        with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
+            for batch_indices, batch, bad in loader:
+                if bad and options.on_error == "fail":
+                    index, reason = bad[0]
+                    raise ImageDecodeError(f"cannot use {display(path_of[index])}: {reason} (use --on-error skip to skip bad files)")
+                pending.append((batch_indices, pool.submit(forward, batch) if batch is not None else None, bad))
+                while len(pending) > streams:
+                    commit_oldest()
+            while pending:
+                commit_oldest()
+    finally:
+        torch.set_num_threads(threads)
     return done

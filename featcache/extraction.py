@@ -102,6 +102,7 @@ def extract(
     lock_timeout: float = -1,
     incremental: bool = True,
     compile: bool = False,
+    streams: int | str = "auto",
     progress_bar: bool = True,
 ) -> ExtractResult:
     """Extract features of every image under ``data`` into the cache and return where they are."""
@@ -110,6 +111,8 @@ def extract(
         raise FeatcacheError(f"unknown dtype {dtype!r}: use float16 or float32")
     if on_error not in ON_ERROR:
         raise FeatcacheError(f"unknown --on-error {on_error!r}: use skip or fail")
+    if str(streams) != "auto" and (not str(streams).isdigit() or int(streams) < 1):
+        raise FeatcacheError(f"streams={streams!r}: use a whole number >= 1, or auto")
     if engine not in ENGINES:
         raise FeatcacheError(f"unknown engine {engine!r}: use local or ray")
     shard = parse_shard(shard)
@@ -145,14 +148,15 @@ def extract(
         }
         staging_dir = root / f"{name}.partial"
         # Batch size and compilation move the last bits, not the values: a resume keeps what was recorded.
-        run_settings = {"batch_size": bs, "compile": bool(compile)}
+        n_streams = int(streams) if str(streams) != "auto" else local.auto_streams(dev, compile)
+        run_settings = {"batch_size": bs, "compile": bool(compile), "streams": n_streams}
         previous = Staging.read_header(staging_dir)
         if previous and {k: v for k, v in previous.items() if k not in run_settings} == header:
             recorded = {k: previous.get(k, v) for k, v in run_settings.items()}
             if recorded != run_settings:
                 progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", progress_bar)
                 run_settings = recorded
-        bs, compile = run_settings["batch_size"], run_settings["compile"]
+        bs, compile, n_streams = run_settings["batch_size"], run_settings["compile"], run_settings["streams"]
         staging = Staging.open(staging_dir, {**header, **run_settings})
         resumed = staging.n_rows() + len(staging.skipped())
         if resumed:
@@ -166,7 +170,7 @@ def extract(
         known_bad = {i: r for i, r in manifest.unreadable.items() if lo <= i < hi}
         workers_n = int(workers) if str(workers) != "auto" else local.auto_workers(dev)
         options = local.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=prec, on_error=on_error,
-                                      compile=compile)
+                                      compile=compile, streams=n_streams)
 
         t0 = time.perf_counter()
         # The model is built before the bar starts, so missing weights fail before any progress shows.
@@ -186,7 +190,7 @@ def extract(
         args = {
             "data": str(data), "model": model, "weights": spec.backbone.weights.path or weights, "layer": layer,
             "pool": pool, "image_size": image_size, "dtype": dtype, "precision": precision, "draft": draft,
-            "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile,
+            "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile, "streams": n_streams,
         }
         attrs = _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, (lo, hi), args, seconds, len(todo), torch)
         write_isolated(final, attrs, manifest, staging, spec.feature_shape, dtype)
@@ -283,6 +287,7 @@ def _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, entries, args, secon
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(dev),
         "batch_size": bs,
+        "streams": args.get("streams"),
         "compiled": bool(args.get("compile")),
         "extract_seconds": round(seconds, 3),
         "images_per_second": round(n_done / seconds, 2) if n_done and seconds > 0 else 0.0,

@@ -262,3 +262,17 @@ def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_
     with eager.open() as a, compiled.open() as b:
         np.testing.assert_allclose(b.load(np.float32), a.load(np.float32), rtol=2e-3, atol=1e-3)
         assert b.meta["compiled"] is True and a.meta["compiled"] is False
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_streams_give_the_same_rows_in_order_and_are_recorded(images, cache_dir, tmp_path, streams):
+    """Several batches in flight must still be committed whole, once each, in manifest order."""
+    reference = featcache.extract(images, cache_dir=cache_dir, batch_size=2, streams=2, **FAST)
+    other = featcache.extract(images, cache_dir=tmp_path / f"s{streams}", batch_size=2, streams=streams, **FAST)
+    assert other.id == reference.id and other.n_rows == reference.n_rows == 12
+    with reference.open() as a, other.open() as b:
+        assert b.paths == a.paths
+        np.testing.assert_allclose(b.load(np.float32), a.load(np.float32), rtol=2e-3, atol=1e-3)
+        assert a.meta["streams"] == 2 and b.meta["streams"] == streams
+    bad = run_cli("extract", "--data", images, "--streams", "0", "--cache-dir", tmp_path / "x")
+    assert bad.returncode == 2 and "--streams" in bad.stderr
