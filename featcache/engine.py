@@ -92,9 +92,9 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_streams(device: torch.device, compile: bool = False) -> int:
-    """2 on a multi-core CPU (measured on 2 cores); 1 on CUDA (one device queue) and when compiling."""
-    if device.type == "cuda" or compile:
+def auto_streams(device: torch.device) -> int:
+    """2 on a multi-core CPU (measured on 2 cores); 1 on CUDA, where one large batch fills the device."""
+    if device.type == "cuda":
         return 1
     return 2 if _cores() >= 2 else 1
 

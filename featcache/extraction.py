@@ -148,7 +148,8 @@ def extract(
         }
         staging_dir = root / f"{name}.partial"
         # Batch size and compilation move the last bits, not the values: a resume keeps what was recorded.
-        n_streams = int(streams) if str(streams) != "auto" else local.auto_streams(dev, compile)
+        # a compiled module runs from one thread only (Dynamo's guards are not meant for concurrent calls)
+        n_streams = 1 if compile else int(streams) if str(streams) != "auto" else local.auto_streams(dev)
         run_settings = {"batch_size": bs, "compile": bool(compile), "streams": n_streams}
         previous = Staging.read_header(staging_dir)
         if previous and {k: v for k, v in previous.items() if k not in run_settings} == header:

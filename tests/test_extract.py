@@ -257,11 +257,12 @@ def test_models_lists_default_layer_and_shape():
 
 def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_path):
     eager = featcache.extract(images, cache_dir=cache_dir, batch_size=5, **FAST)  # 12 images: a short last batch
-    compiled = featcache.extract(images, cache_dir=tmp_path / "c2", batch_size=5, compile=True, **FAST)
+    compiled = featcache.extract(images, cache_dir=tmp_path / "c2", batch_size=5, compile=True, streams=2, **FAST)
     assert compiled.id == eager.id  # compilation changes speed (and at most the last bits), not the feature set
     with eager.open() as a, compiled.open() as b:
         np.testing.assert_allclose(b.load(np.float32), a.load(np.float32), rtol=2e-3, atol=1e-3)
         assert b.meta["compiled"] is True and a.meta["compiled"] is False
+        assert b.meta["streams"] == 1  # a compiled module is only run from one thread
 
 
 @pytest.mark.parametrize("streams", [1, 3])
