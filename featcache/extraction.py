@@ -147,8 +147,8 @@ def extract(
             "entries": [int(lo), int(hi)], "feature_shape": list(spec.feature_shape), "dtype": dtype,
         }
         staging_dir = root / f"{name}.partial"
-        # Batch size and compilation move the last bits, not the values: a resume keeps what was recorded.
-        # a compiled module runs from one thread only (Dynamo's guards are not meant for concurrent calls)
+        # Batch size, compilation and streams move the last bits, not the values: a resume keeps what
+        # was recorded. A compiled module runs from one thread only (Dynamo is not meant for concurrent calls).
         n_streams = 1 if compile else int(streams) if str(streams) != "auto" else local.auto_streams(dev)
         run_settings = {"batch_size": bs, "compile": bool(compile), "streams": n_streams}
         previous = Staging.read_header(staging_dir)
