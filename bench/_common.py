@@ -118,11 +118,14 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import numpy
     import PIL
     import torch
     import torchvision
+
+    from featcache.engine import usable_cores
+
+    cores = usable_cores()
 
     try:
         load = " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -44,9 +43,9 @@ def child(kind: str, data: str) -> None:
     import numpy as np  # noqa: F401  (counted in the baseline like in real use)
     import torch
 
-    from featcache import backbones
+    from featcache import backbones, engine
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(engine.usable_cores())
     backbones.build(backbones.resolve(MODEL, weights=WEIGHTS))  # warm imports + one model, then drop it
     baseline = vm_hwm_mb()
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from naive_loop import image_files, naive_extract
 
 MODELS = {"efficientnet_lite0": "DEFAULT", "resnet18": "none"}
 QUIET = dict(retries=1, max_wait=15.0)  # see _common.measured
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = E.usable_cores()  # the engine's own count, so streams split cores the same way here
 
 
 # ------------------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def auto_batch_size(spec: ExtractorSpec, device: torch.device) -> int:
     return CPU_BATCH_SIZES.get(spec.backbone.arch, CPU_DEFAULT_BATCH)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -96,11 +97,11 @@ def auto_streams(device: torch.device) -> int:
     """2 on a multi-core CPU (measured on 2 cores); 1 on CUDA, where one large batch fills the device."""
     if device.type == "cuda":
         return 1
-    return 2 if _cores() >= 2 else 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 def auto_workers(device: torch.device) -> int:
-    cores = _cores()
+    cores = usable_cores()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return 1 if cores <= 2 else min(4, cores // 2)
@@ -192,7 +193,7 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
     streams = max(1, options.streams)
     threads = torch.get_num_threads()
     if streams > 1:
-        torch.set_num_threads(max(1, _cores() // streams))
+        torch.set_num_threads(max(1, usable_cores() // streams))
     try:
         with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
             for batch_indices, batch, bad in loader:
