@@ -29,6 +29,25 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or st
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 
 
+class CountOrAuto(click.ParamType):
+    """A whole number >= ``minimum`` or ``auto``, checked by the extraction record's own rule."""
+
+    name = "N|auto"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        from featcache.errors import FeatcacheError
+        from featcache.extract_config import count_or_auto
+
+        flag = param.opts[0] if param else "value"
+        try:
+            return count_or_auto(value, flag, self.minimum)
+        except FeatcacheError as err:
+            self.fail(str(err).removeprefix(f"{flag} "), param, ctx)
+
+
 class Featcache(click.Group):
     """Turns library errors into one-line messages and a non-zero exit code."""
 
@@ -78,9 +97,9 @@ def main(debug: bool) -> None:
 @click.option("--pool", type=click.Choice(["none", "avg", "max"]), default="none", show_default=True, help="Reduce spatial maps at extraction time.")
 @click.option("--image-size", type=int, default=None, help="Crop size fed to the model [default: the weights' own].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
-@click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
-@click.option("--workers", default="auto", show_default=True, help="Decoding worker processes, or auto.")
-@click.option("--streams", default="auto", show_default=True, help="Batches in flight on CPU, each on cores/N threads, or auto (2 on a multi-core CPU).")
+@click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
+@click.option("--workers", type=CountOrAuto(0), default="auto", show_default=True, help="Decoding worker processes, or auto.")
+@click.option("--streams", type=CountOrAuto(1), default="auto", show_default=True, help="Batches in flight on CPU, each on cores/N threads, or auto (2 on a multi-core CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = fp16 autocast on CUDA, fp32 on CPU.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="What to do with an image that cannot be decoded.")
@@ -96,44 +115,24 @@ def main(debug: bool) -> None:
 def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
             shard, engine, ray_address, no_draft, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
+    from featcache.extract_config import ExtractConfig
     from featcache.extraction import extract as run_extract
     from featcache.manifest import display
 
-    result = run_extract(
+    cfg = ExtractConfig(
         data=data, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
-        batch_size=_int_or_auto(batch_size, "--batch-size"), workers=_int_or_auto(workers, "--workers"),
-        streams=_int_or_auto(streams, "--streams"), device=device, precision=precision, cache_dir=cache_dir,
-        on_error=on_error, shard=shard, engine=engine,
-        ray_address=ray_address, draft=not no_draft, lock_timeout=lock_timeout, compile=compile_model,
-        progress_bar=not quiet,
+        batch_size=batch_size, workers=workers, streams=streams, device=device, precision=precision, cache_dir=cache_dir,
+        on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft,
+        lock_timeout=lock_timeout, compile=compile_model,
     )
+    result = run_extract(cfg, progress_bar=not quiet)
     if result.skipped and not quiet:
         click.echo(f"skipped {len(result.skipped)} file(s):", err=True)
         for path, reason in result.skipped:
             click.echo(f"  {display(path)}: {reason}", err=True)
     if result.ignored and not quiet:
         click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
-    if as_json:
-        click.echo(json.dumps({
-            "id": result.id, "path": str(result.path), "rows": result.n_rows, "feature_shape": list(result.feature_shape),
-            "cache_hit": result.cache_hit, "extracted": result.extracted, "reused": result.reused, "resumed": result.resumed,
-            "images_per_second": result.images_per_second, "seconds": round(result.seconds, 3),
-            "skipped": [{"path": display(p), "reason": r} for p, r in result.skipped],
-        }))
-    else:
-        click.echo(result.summary())
-
-
-def _int_or_auto(value: str, flag: str):
-    if str(value).lower() == "auto":
-        return "auto"
-    try:
-        number = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a whole number or auto", param_hint=flag) from None
-    if number < (0 if flag == "--workers" else 1):
-        raise click.BadParameter(f"{value} is too small", param_hint=flag)
-    return number
+    click.echo(json.dumps(result.to_dict()) if as_json else result.summary())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,7 +393,7 @@ def report(targets, out, runs_dir):
 @main.command(short_help="Label new images with a run.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run", default=None, type=click.Path(), help="Run directory made by `featcache fit` [default: the newest run].")
-@click.option("--batch-size", default="auto", show_default=True, help="Images per forward pass, or auto.")
+@click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @CACHE_DIR
 @RUNS_DIR
@@ -411,7 +410,7 @@ def predict(inputs, run, batch_size, device, cache_dir, runs_dir, quiet, as_json
         if not quiet:
             click.echo(f"using run {run} (the newest)", err=True)
 
-    results = run_predict(inputs, run, batch_size=_int_or_auto(batch_size, "--batch-size"), device=device,
+    results = run_predict(inputs, run, batch_size=batch_size, device=device,
                           cache_dir=cache_dir, progress_bar=not quiet)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results]))
@@ -425,17 +424,18 @@ def predict(inputs, run, batch_size, device, cache_dir, runs_dir, quiet, as_json
 
 
 @main.command(short_help="Backbones x layers x heads: a leaderboard.")
-@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder.")
+@click.option("--data", "data", default=None, type=click.Path(), help="Image folder [default: the sweep file's data, else ./data].")
 @click.option("--model", "-m", "models", multiple=True, metavar="MODEL[@WEIGHTS]", help="Backbone (repeatable); e.g. resnet18, efficientnet_lite0@none.")
 @click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
 @click.option("--pool", "pools", multiple=True, type=click.Choice(["none", "avg", "max"]), help="Pooling (repeatable) [default: none].")
 @click.option("--head", "heads", multiple=True, help="Head (repeatable) [default: svm].")
 @click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A sweep TOML file instead of the options above.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A sweep TOML file instead of --model/--layer/--pool/--head/--param; --data, --cv, --test-size, --seed and --image-size override its values.")
 @click.option("--image-size", type=int, default=None, help="Crop size for every model [default: each weights' own].")
-@click.option("--cv", type=int, default=5, show_default=True, help="Folds, the same for every row.")
-@click.option("--test-size", type=float, default=0.2, show_default=True, help="Hold-out fraction when there is no test/ split.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and folds shared by all rows.")
+@click.option("--cv", type=int, default=None, help="Folds, the same for every row [default: the file's, else 5].")
+@click.option("--test-size", type=float, default=None, help="Hold-out fraction when there is no test/ split [default: the file's, else 0.2].")
+@click.option("--seed", type=int, default=None, help="Seed of the split and folds shared by all rows [default: the file's, else 0].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [default: ./sweeps/sweep-HASH; rerun to resume].")
 @CACHE_DIR
 @QUIET

@@ -15,7 +15,6 @@ two independent batches do: end to end on 2 cores, 2 streams x 1 thread ran effi
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,20 +28,9 @@ from .backbones.spec import ExtractorSpec
 from .errors import CacheError, ImageDecodeError, ModelError
 from .images import Decode, ImageRows, Transform, collate, normalize
 from .manifest import display
+from .tuning import usable_cores
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# The fastest batch size per architecture on CPU, measured forward-only and end to end on a
-# 2-core EPYC (bench/extract_speed.py, bench/extract_levers.py; tables in bench/RESULTS.md).
-# On CPU larger batches are *slower*: forward-only EfficientNet-Lite0 ran 57-93 img/s at batch
-# 2-4 but 44-56 at 16 and 36-43 at 64; resnet18 peaked at 8-16 (~50) and fell to ~40 at 64; vgg16
-# is flat (6.4-6.7 img/s at 2-4, 5.8-6.0 at 16). With 2 streams, end to end on 500 JPEGs:
-# efficientnet_lite0 batch 2 ran 74-79 img/s against 63-76 at 4 and 59-65 at 8-16 (61-65 at 1);
-# resnet18 batch 8 ran 48-50 against 46 at 4 and 16. channels_last was faster for all three at
-# every batch > 1 (1.1-2x), so it stays on for every model. On a GPU larger is better.
-CPU_BATCH_SIZES = {"tf_efficientnet_lite0": 2, "efficientnet_lite0": 2, "resnet18": 8, "vgg16": 4}
-CPU_DEFAULT_BATCH = 8  # no measured model was fastest above 16; 8 is within ~10% of each one's best
-CUDA_DEFAULT_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -55,6 +43,30 @@ class EngineOptions:
     on_error: str = "skip"  # skip | fail
     compile: bool = False
     streams: int = 1  # batches run concurrently, each with cores // streams torch threads (CPU)
+
+
+@dataclass
+class Job:
+    """One extraction's work, the same for the local and the Ray engine: which manifest entries,
+    read from which files, decoded how, stored as what, committed into which staging directory."""
+
+    spec: ExtractorSpec
+    files: list[str]  # absolute paths, aligned with ``indices``
+    indices: list[int]  # manifest entries to extract
+    known_bad: dict[int, str]  # entries known unusable before decoding (could not be stat'ed)
+    staging: object  # a ``Staging``: commit(indices, features, skipped)
+    options: EngineOptions
+    decode: Decode
+    dtype: str  # storage dtype
+
+    def path_of(self, index: int) -> str:
+        return self.files[self.indices.index(index)]
+
+    def refuse(self, bad: list[tuple[int, str]]) -> None:
+        """With ``--on-error fail``, stop at the first file that could not be used."""
+        if bad and self.options.on_error == "fail":
+            index, reason = bad[0]
+            raise ImageDecodeError(f"cannot use {display(self.path_of(index))}: {reason} (use --on-error skip to skip bad files)")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -82,31 +94,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def auto_batch_size(spec: ExtractorSpec, device: torch.device) -> int:
-    if device.type == "cuda":
-        return CUDA_DEFAULT_BATCH
-    return CPU_BATCH_SIZES.get(spec.backbone.arch, CPU_DEFAULT_BATCH)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def auto_streams(device: torch.device) -> int:
-    """2 on a multi-core CPU (measured on 2 cores); 1 on CUDA, where one large batch fills the device."""
-    if device.type == "cuda":
-        return 1
-    return 2 if usable_cores() >= 2 else 1
-
-
-def auto_workers(device: torch.device) -> int:
-    cores = usable_cores()
-    if device.type == "cuda":
-        return max(1, min(8, cores - 1))
-    return 1 if cores <= 2 else min(4, cores // 2)
-
-
 class Forward:
     """The backbone on a device, turning uint8 batches into float32 numpy features.
 
@@ -123,8 +110,14 @@ class Forward:
             model = model.to(memory_format=torch.channels_last)
         self.eager = self.model = model
         self.compile_batch = compile_batch
+        self.compile_error: str | None = None  # why compiling failed, once it has
         if compile_batch:
             self.model = torch.compile(model, dynamic=False)
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether batches still go through the compiled module (False after falling back to eager)."""
+        return self.model is not self.eager
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
@@ -147,6 +140,7 @@ class Forward:
             return self.model(x)
         except Exception as err:  # no C++ compiler, an unsupported op...: eager is always correct
             warnings.warn(f"torch.compile failed ({type(err).__name__}); extracting without it", stacklevel=2)
+            self.compile_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
             self.model = self.eager
             return self.model(x)
 
@@ -159,13 +153,12 @@ def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
     return out
 
 
-def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
-        options: EngineOptions, decode: Decode, dtype: str, progress) -> int:
-    """Extract ``indices`` (aligned with absolute ``files``) batch by batch into ``staging``."""
-    if not indices:
+def run(job: Job, forward: Forward, progress) -> int:
+    """Extract ``job.indices`` batch by batch into ``job.staging``, in order."""
+    if not job.indices:
         return 0
-    spec = forward.spec
-    dataset = ImageRows(files, indices, Transform(spec.backbone.preprocess, decode), known_bad)
+    options = job.options
+    dataset = ImageRows(job.files, job.indices, Transform(job.spec.backbone.preprocess, job.decode), job.known_bad)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=options.batch_size,
@@ -176,7 +169,7 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
     )
-    path_of = dict(zip(indices, files))
+    path_of = dict(zip(job.indices, job.files))
     pending: deque = deque()  # (indices, future or None, bad), committed in loader order
     done = 0
 
@@ -185,8 +178,8 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
         batch_indices, future, bad = pending.popleft()
         features = None
         if future is not None:
-            features = to_storage(future.result(), dtype, display(path_of[int(batch_indices[0])]))
-        staging.commit(batch_indices.numpy(), features, bad)
+            features = to_storage(future.result(), job.dtype, display(path_of[int(batch_indices[0])]))
+        job.staging.commit(batch_indices.numpy(), features, bad)
         done += len(batch_indices) + len(bad)
         progress.update(len(batch_indices) + len(bad))
 
@@ -197,9 +190,7 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
     try:
         with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
             for batch_indices, batch, bad in loader:
-                if bad and options.on_error == "fail":
-                    index, reason = bad[0]
-                    raise ImageDecodeError(f"cannot use {display(path_of[index])}: {reason} (use --on-error skip to skip bad files)")
+                job.refuse(bad)
                 pending.append((batch_indices, pool.submit(forward, batch) if batch is not None else None, bad))
                 while len(pending) > streams:
                     commit_oldest()

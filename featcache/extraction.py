@@ -12,22 +12,19 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from . import backbones, cache, config, fingerprint, progress
-from .errors import CacheError, FeatcacheError
-from .images import Decode
+from . import cache, config, fingerprint, progress
+from .backbones.spec import ExtractorSpec
+from .errors import CacheError
+from .extract_config import ExtractConfig, Resolved, parse_shard, resolve  # noqa: F401  (parse_shard: re-exported)
 from .manifest import Manifest, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, write_isolated
-
-DTYPES = ("float16", "float32")
-ON_ERROR = ("skip", "fail")
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -61,17 +58,15 @@ class ExtractResult:
             f"({how}{', ' + ', '.join(extra) if extra else ''}; {len(self.skipped)} skipped)"
         )
 
+    def to_dict(self) -> dict:
+        from .manifest import display
 
-def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    if shard is None or isinstance(shard, tuple):
-        return shard
-    try:
-        i, n = (int(v) for v in str(shard).split("/"))
-    except ValueError:
-        raise FeatcacheError(f"--shard {shard!r} is not I/N: use e.g. --shard 0/4 (I counts from 0)") from None
-    if n < 1 or not 0 <= i < n:
-        raise FeatcacheError(f"--shard {shard}: I must be in 0..{max(n - 1, 0)} (I counts from 0)")
-    return i, n
+        return {
+            "id": self.id, "path": str(self.path), "rows": self.n_rows, "feature_shape": list(self.feature_shape),
+            "cache_hit": self.cache_hit, "extracted": self.extracted, "reused": self.reused, "resumed": self.resumed,
+            "images_per_second": self.images_per_second, "seconds": round(self.seconds, 3),
+            "skipped": [{"path": display(p), "reason": r} for p, r in self.skipped],
+        }
 
 
 def shard_range(n_entries: int, shard: tuple[int, int] | None) -> tuple[int, int]:
@@ -81,139 +76,155 @@ def shard_range(n_entries: int, shard: tuple[int, int] | None) -> tuple[int, int
     return i * n_entries // n, (i + 1) * n_entries // n
 
 
-def extract(
-    data: str | os.PathLike = config.DEFAULT_DATA_DIR,
-    model: str = config.DEFAULT_MODEL,
-    weights: str = "DEFAULT",
-    layer: str | None = None,
-    pool: str = "none",
-    image_size: int | None = None,
-    dtype: str = "float16",
-    batch_size: int | str = "auto",
-    workers: int | str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
-    cache_dir: str | os.PathLike | None = None,
-    on_error: str = "skip",
-    shard: str | tuple[int, int] | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
-    draft: bool = True,
-    lock_timeout: float = -1,
-    incremental: bool = True,
-    compile: bool = False,
-    streams: int | str = "auto",
-    progress_bar: bool = True,
-) -> ExtractResult:
-    """Extract features of every image under ``data`` into the cache and return where they are."""
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed before any image is decoded: the record, the folder, the extractor, the id."""
+
+    config: ExtractConfig
+    manifest: Manifest
+    spec: ExtractorSpec
+    settings: Resolved
+    key: dict
+    id: str
+    root: Path
+    name: str  # file stem: the id, plus the shard for a shard file
+    entries: tuple[int, int]  # the manifest slice this run covers
+
+    @property
+    def final(self) -> Path:
+        return self.root / f"{self.name}.h5"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / f"{self.name}.partial"
+
+    def header(self) -> dict:
+        """What a staging directory must match to be resumed (plus the run settings it keeps)."""
+        return {
+            "id": self.id, "name": self.name, "key": self.key, "manifest_sha256": self.manifest.sha256,
+            "entries": list(self.entries), "feature_shape": list(self.spec.feature_shape), "dtype": self.config.dtype,
+        }
+
+
+@dataclass
+class Ran:
+    """What the backbone actually did in this call."""
+
+    extracted: int = 0
+    seconds: float = 0.0
+    compiled: bool = False
+    compile_error: str | None = None
+
+
+def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, *, progress_bar: bool = True,
+            **settings) -> ExtractResult:
+    """Extract features of every image under ``data`` into the cache and return where they are.
+
+    ``extract("photos", model="resnet50", pool="avg")`` or ``extract(ExtractConfig(...))``; the
+    settings are the fields of ``ExtractConfig`` (see there, or ``featcache extract --help``).
+    """
+    cfg = ExtractConfig.make(data_or_config, **settings)
     started = time.perf_counter()
-    if dtype not in DTYPES:
-        raise FeatcacheError(f"unknown dtype {dtype!r}: use float16 or float32")
-    if on_error not in ON_ERROR:
-        raise FeatcacheError(f"unknown --on-error {on_error!r}: use skip or fail")
-    if str(streams) != "auto" and (not str(streams).isdigit() or int(streams) < 1):
-        raise FeatcacheError(f"streams={streams!r}: use a whole number >= 1, or auto")
-    if engine not in ENGINES:
-        raise FeatcacheError(f"unknown engine {engine!r}: use local or ray")
-    shard = parse_shard(shard)
-    root = ensure_writable(config.cache_dir(cache_dir))
-    manifest = scan(data)
-    spec = backbones.resolve(model, weights=weights, layer=layer, pool=pool, image_size=image_size)
-
-    import torch  # after the cheap checks: a bad argument fails before torch's start-up cost
-
-    from . import engine as local
-
-    dev = local.resolve_device(device)
-    prec = local.resolve_precision(precision, dev)
-    decode = Decode(draft=draft)
-    key = fingerprint.config_key(spec, decode, dtype, prec)
-    fsid = fingerprint.feature_set_id(key, manifest.sha256)
-    name = cache.file_stem(fsid, shard)
-    final = root / f"{name}.h5"
-
-    hit = _cache_hit(final, fsid, manifest, started)
+    plan = make_plan(cfg)
+    hit = _cache_hit(plan, started)
     if hit:
         return hit
-    with cache.lock(root, name, lock_timeout, progress_bar):
-        hit = _cache_hit(final, fsid, manifest, started)  # another process may have finished it
+    with cache.lock(plan.root, plan.name, cfg.lock_timeout, progress_bar):
+        hit = _cache_hit(plan, started)  # another process may have finished it
         if hit:
             return hit
-        lo, hi = shard_range(len(manifest), shard)
-        wanted = np.arange(lo, hi)
-        bs = int(batch_size) if str(batch_size) != "auto" else local.auto_batch_size(spec, dev)
-        header = {
-            "id": fsid, "name": name, "key": key, "manifest_sha256": manifest.sha256,
-            "entries": [int(lo), int(hi)], "feature_shape": list(spec.feature_shape), "dtype": dtype,
-        }
-        staging_dir = root / f"{name}.partial"
-        # Batch size, compilation and streams move the last bits, not the values: a resume keeps what
-        # was recorded. A compiled module runs from one thread only (Dynamo is not meant for concurrent calls).
-        n_streams = 1 if compile else int(streams) if str(streams) != "auto" else local.auto_streams(dev)
-        run_settings = {"batch_size": bs, "compile": bool(compile), "streams": n_streams}
-        previous = Staging.read_header(staging_dir)
-        if previous and {k: v for k, v in previous.items() if k not in run_settings} == header:
-            recorded = {k: previous.get(k, v) for k, v in run_settings.items()}
-            if recorded != run_settings:
-                progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", progress_bar)
-                run_settings = recorded
-        bs, compile, n_streams = run_settings["batch_size"], run_settings["compile"], run_settings["streams"]
-        staging = Staging.open(staging_dir, {**header, **run_settings})
-        resumed = staging.n_rows() + len(staging.skipped())
-        if resumed:
-            progress.say(f"resuming feature set {fsid}: {resumed} of {hi - lo} images already done", progress_bar)
+        plan, staging, resumed = resume(plan, progress_bar)
         reused = 0
-        if not resumed and incremental:
-            reused = reuse_rows(root, key, manifest, wanted, staging, progress_bar)
-        covered = staging.covered()
-        todo = [int(i) for i in wanted if int(i) not in covered]
-        files = [str(manifest.root / manifest.paths[i]) for i in todo]
-        known_bad = {i: r for i, r in manifest.unreadable.items() if lo <= i < hi}
-        workers_n = int(workers) if str(workers) != "auto" else local.auto_workers(dev)
-        options = local.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=prec, on_error=on_error,
-                                      compile=compile, streams=n_streams)
-
-        t0 = time.perf_counter()
-        # The model is built before the bar starts, so missing weights fail before any progress shows.
-        forward = local.Forward(spec, dev, prec, options.channels_last, bs if compile else None) if todo else None
-        bar = progress.bar(len(todo), f"extract {model}", progress_bar)
-        try:
-            if engine == "ray" and todo:
-                from . import ray_engine
-
-                del forward  # the actors hold the replicas; building one here checked the weights
-                ray_engine.run(spec, files, todo, known_bad, staging, options, decode, dtype, bar, ray_address)
-            elif todo:
-                local.run(forward, files, todo, known_bad, staging, options, decode, dtype, bar)
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - t0
-        args = {
-            "data": str(data), "model": model, "weights": spec.backbone.weights.path or weights, "layer": layer,
-            "pool": pool, "image_size": image_size, "dtype": dtype, "precision": precision, "draft": draft,
-            "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile, "streams": n_streams,
-        }
-        attrs = _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, (lo, hi), args, seconds, len(todo), torch)
-        write_isolated(final, attrs, manifest, staging, spec.feature_shape, dtype)
-        staging.remove()
-    with FeatureSet(final) as fs:
-        result = ExtractResult(
-            id=fsid, path=final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
-            extracted=len(todo), reused=reused, resumed=resumed, seconds=time.perf_counter() - started,
-            images_per_second=(len(todo) / seconds) if todo and seconds > 0 else None, ignored=manifest.ignored,
-        )
-    return result
-
-
-def _cache_hit(final: Path, fsid: str, manifest: Manifest, started: float) -> ExtractResult | None:
-    if not final.exists():
-        return None
-    with FeatureSet(final) as fs:  # raises a clear CacheError if the file is corrupt
-        if fs.id != fsid:
-            raise CacheError(f"{final} holds feature set {fs.id}, not {fsid}: remove it with `featcache cache rm {final.stem}`")
+        if not resumed and cfg.incremental:
+            reused = reuse_rows(plan.root, plan.key, plan.manifest, np.arange(*plan.entries), staging, progress_bar)
+        ran = run(plan, staging, progress_bar)
+        finalize(plan, staging, ran)
+    with FeatureSet(plan.final) as fs:
         return ExtractResult(
-            id=fsid, path=final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
-            cache_hit=True, seconds=time.perf_counter() - started, ignored=manifest.ignored,
+            id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
+            extracted=ran.extracted, reused=reused, resumed=resumed, seconds=time.perf_counter() - started,
+            images_per_second=(ran.extracted / ran.seconds) if ran.extracted and ran.seconds > 0 else None,
+            ignored=plan.manifest.ignored,
+        )
+
+
+def make_plan(cfg: ExtractConfig) -> Plan:
+    """Scan the folder, resolve the extractor and the ``auto`` settings, compute the id."""
+    root = ensure_writable(config.cache_dir(cfg.cache_dir))
+    manifest = scan(cfg.data)
+    spec = cfg.resolve_spec()
+    settings = resolve(cfg, spec)  # imports torch: after the cheap checks, so a bad argument fails fast
+    key = fingerprint.config_key(spec, cfg.decode(), cfg.dtype, settings.precision)
+    fsid = fingerprint.feature_set_id(key, manifest.sha256)
+    return Plan(cfg, manifest, spec, settings, key, fsid, root, cache.file_stem(fsid, cfg.shard),
+                shard_range(len(manifest), cfg.shard))
+
+
+def resume(plan: Plan, say: bool) -> tuple[Plan, Staging, int]:
+    """Open the staging directory: an interrupted run of the same set resumes with its recorded
+    batch size, compilation and streams, which move the last bits of the features, not the values."""
+    header = plan.header()
+    wanted = plan.settings.run_settings()
+    previous = Staging.read_header(plan.staging_dir)
+    if previous and {k: v for k, v in previous.items() if k not in wanted} == header:
+        recorded = {k: previous.get(k, v) for k, v in wanted.items()}
+        if recorded != wanted:
+            progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", say)
+            plan = replace(plan, settings=replace(plan.settings, **recorded))
+    staging = Staging.open(plan.staging_dir, {**header, **plan.settings.run_settings()})
+    resumed = staging.n_rows() + len(staging.skipped())
+    if resumed:
+        progress.say(f"resuming feature set {plan.id}: {resumed} of {plan.entries[1] - plan.entries[0]} images already done", say)
+    return plan, staging, resumed
+
+
+def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
+    """Run the backbone over every entry the staging directory does not cover yet."""
+    from . import engine
+
+    cfg, s, manifest = plan.config, plan.settings, plan.manifest
+    lo, hi = plan.entries
+    covered = staging.covered()
+    todo = [i for i in range(lo, hi) if i not in covered]
+    if not todo:
+        return Ran()
+    options = engine.EngineOptions(batch_size=s.batch_size, workers=s.workers, device=s.device, precision=s.precision,
+                                   on_error=cfg.on_error, compile=s.compile, streams=s.streams)
+    job = engine.Job(spec=plan.spec, files=[str(manifest.root / manifest.paths[i]) for i in todo], indices=todo,
+                     known_bad={i: r for i, r in manifest.unreadable.items() if lo <= i < hi}, staging=staging,
+                     options=options, decode=cfg.decode(), dtype=cfg.dtype)
+    t0 = time.perf_counter()
+    # The model is built before the bar starts, so missing weights fail before any progress shows.
+    forward = engine.Forward(plan.spec, s.device, s.precision, options.channels_last, s.batch_size if s.compile else None)
+    bar = progress.bar(len(todo), f"extract {cfg.model}", progress_bar)
+    try:
+        if cfg.engine == "ray":
+            from . import ray_engine
+
+            del forward  # the actors hold the replicas; building one here checked the weights
+            ray_engine.run(job, bar, cfg.ray_address)
+            return Ran(len(todo), time.perf_counter() - t0, compiled=False)
+        engine.run(job, forward, bar)
+    finally:
+        bar.close()
+    return Ran(len(todo), time.perf_counter() - t0, compiled=forward.is_compiled, compile_error=forward.compile_error)
+
+
+def finalize(plan: Plan, staging: Staging, ran: Ran) -> None:
+    """Assemble the staged rows into the feature-set file (atomically), then drop the staging."""
+    write_isolated(plan.final, _attrs(plan, ran), plan.manifest, staging, plan.spec.feature_shape, plan.config.dtype)
+    staging.remove()
+
+
+def _cache_hit(plan: Plan, started: float) -> ExtractResult | None:
+    if not plan.final.exists():
+        return None
+    with FeatureSet(plan.final) as fs:  # raises a clear CacheError if the file is corrupt
+        if fs.id != plan.id:
+            raise CacheError(f"{plan.final} holds feature set {fs.id}, not {plan.id}: remove it with `featcache cache rm {plan.final.stem}`")
+        return ExtractResult(
+            id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
+            cache_hit=True, seconds=time.perf_counter() - started, ignored=plan.manifest.ignored,
         )
 
 
@@ -258,40 +269,45 @@ def ensure_writable(root: Path) -> Path:
     return root
 
 
-def _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, entries, args, seconds, n_done, torch) -> dict:
+def _attrs(plan: Plan, ran: Ran) -> dict:
     import h5py
     import PIL
+    import torch
     import torchvision
 
-    b = spec.backbone
+    b, cfg, s = plan.spec.backbone, plan.config, plan.settings
+    # The record as asked, with a local weights file named by its resolved path (``predict`` and the
+    # refresh command rebuild the extractor from it).
+    stored = replace(cfg, weights=b.weights.path or cfg.weights)
     attrs = {
         "format": FORMAT_VERSION,
-        "id": fsid,
-        "config_id": fingerprint.config_id(key),
-        "key": key,
+        "id": plan.id,
+        "config_id": fingerprint.config_id(plan.key),
+        "key": plan.key,
         "model": b.name,
         "family": b.family,
         "arch": b.arch,
         "weights": b.weights.identity,
         "weights_kind": b.weights.kind,
         "weights_path": b.weights.path or "",
-        "layer": spec.layer,
-        "pool": spec.pool,
+        "layer": plan.spec.layer,
+        "pool": plan.spec.pool,
         "preprocess": b.preprocess.to_dict(),
-        "decode": key["decode"],
-        "dtype": args["dtype"],
-        "precision": prec,
-        "feature_shape": list(spec.feature_shape),
-        "data_root": str(manifest.root),
-        "manifest_sha256": manifest.sha256,
-        "n_entries": len(manifest),
+        "decode": plan.key["decode"],
+        "dtype": cfg.dtype,
+        "precision": s.precision,
+        "feature_shape": list(plan.spec.feature_shape),
+        "data_root": str(plan.manifest.root),
+        "manifest_sha256": plan.manifest.sha256,
+        "n_entries": len(plan.manifest),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": str(dev),
-        "batch_size": bs,
-        "streams": args.get("streams"),
-        "compiled": bool(args.get("compile")),
-        "extract_seconds": round(seconds, 3),
-        "images_per_second": round(n_done / seconds, 2) if n_done and seconds > 0 else 0.0,
+        "device": str(s.device),
+        "batch_size": s.batch_size,
+        "streams": s.streams,
+        # What ran, not what was asked: a compile that failed and fell back to eager is not "compiled".
+        "compiled": bool(ran.compiled),
+        "extract_seconds": round(ran.seconds, 3),
+        "images_per_second": round(ran.extracted / ran.seconds, 2) if ran.extracted and ran.seconds > 0 else 0.0,
         "versions": {
             "featcache": _version(),
             "torch": torch.__version__,
@@ -302,10 +318,12 @@ def _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, entries, args, secon
             "pillow": PIL.__version__,
             "python": platform.python_version(),
         },
-        "extract_args": args,
+        "extract_args": stored.to_dict(),
     }
-    if shard:
-        attrs.update(shard_index=shard[0], shard_count=shard[1], shard_start=entries[0], shard_stop=entries[1])
+    if ran.compile_error:
+        attrs["compile_error"] = ran.compile_error
+    if cfg.shard:
+        attrs.update(shard_index=cfg.shard[0], shard_count=cfg.shard[1], shard_start=plan.entries[0], shard_stop=plan.entries[1])
     return attrs
 
 

@@ -77,14 +77,11 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
 
 
 def refresh_command(meta: dict) -> str:
-    args = meta.get("extract_args") or {}
-    parts = ["featcache extract", f"--data {args.get('data', meta.get('data_root'))}", f"--model {meta['model']}"]
-    defaults = {"weights": "DEFAULT", "layer": None, "pool": "none", "image_size": None, "dtype": "float16", "cache_dir": None}
-    for key, default in defaults.items():
-        value = args.get(key, default)
-        if value not in (default, None):
-            parts.append(f"--{key.replace('_', '-')} {value}")
-    return " ".join(parts)
+    """The command that updates this feature set in place: every setting that enters its id, as
+    recorded (with the precision it was actually made with), so only new or changed files run."""
+    from .extract_config import ExtractConfig
+
+    return ExtractConfig.of_feature_set(meta).command(precision=meta.get("precision"))
 
 
 def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
@@ -132,6 +129,8 @@ def fit(
     head_cls = get_head(head)
     grid = dict(head_cls.default_grid) if params is None else dict(params)
     fixed = dict(head_params or {})
+    if "random_state" in head_cls._param_rules and "random_state" not in fixed and "random_state" not in grid:
+        fixed["random_state"] = seed  # --seed seeds the head too (the svm's dual solver, the MLP's init)
     check_grid(head_cls, {**{k: [v] for k, v in fixed.items()}, **grid})
     if backend not in BACKENDS:
         raise FeatcacheError(f"unknown backend {backend!r}: use local or ray")
@@ -150,7 +149,7 @@ def fit(
 
         if isinstance(err, ParamError):
             raise
-        raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from None
+        raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
     search_seconds = time.perf_counter() - started
     X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
     return runs.save_run(

@@ -8,14 +8,15 @@ pass through the same storage dtype as the training rows, so prediction equals e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import backbones, cache, config, progress
+from . import cache, config, progress, tuning
 from .errors import CacheError, FeatcacheError, RunError
-from .images import Decode, ImageRows, Transform, collate
+from .extract_config import ExtractConfig, count_or_auto
+from .images import ImageRows, Transform, collate
 from .manifest import IMAGE_EXTENSIONS, _walk_files, display
 from .runs import load_run
 from .store import FeatureSet, verify
@@ -80,10 +81,10 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
 
     run = load_run(run)
     meta = run.params["features"]
-    args = _extract_args(feature_set_of(run, cache_dir))
-    spec = backbones.resolve(meta["model"], weights=args.get("weights") or "DEFAULT", layer=meta["layer"],
-                             pool=meta["pool"], image_size=args.get("image_size"))
-    if spec.key() != meta["key"]["extractor"]:
+    with FeatureSet(feature_set_of(run, cache_dir)) as fs:
+        made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
+    spec, decode = made_with.resolve_spec(), made_with.decode()
+    if spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]:
         raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
                        "re-extract and fit again with this version")
     dev = engine.resolve_device(device)
@@ -91,14 +92,15 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     if precision != "fp32" and dev.type != "cuda":
         progress.say(f"note: features were made with {precision} on a GPU; predicting in fp32 on {dev}", progress_bar)
         precision = "fp32"
-    decode = Decode(**{k: v for k, v in meta["decode"].items() if k == "draft"})
+    batch_size = count_or_auto(batch_size, "--batch-size", 1)
+    workers = count_or_auto(workers, "--workers", 0)
     files = collect(inputs)
     head = run.head()
     forward = engine.Forward(spec, dev, precision)
-    bs = int(batch_size) if str(batch_size) != "auto" else engine.auto_batch_size(spec, dev)
+    bs = batch_size if batch_size != "auto" else tuning.batch_size(spec.backbone.arch, dev)
     rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
     loader = torch.utils.data.DataLoader(
-        rows, batch_size=bs, collate_fn=collate, num_workers=int(workers) if str(workers) != "auto" else engine.auto_workers(dev))
+        rows, batch_size=bs, collate_fn=collate, num_workers=workers if workers != "auto" else tuning.workers(dev))
     names = run.params["class_names"]
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)
@@ -113,8 +115,3 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
         bar.update(len(index) + len(bad))
     bar.close()
     return [results[i] for i in range(len(files))]
-
-
-def _extract_args(path: Path) -> dict:
-    with FeatureSet(path) as fs:
-        return fs.meta.get("extract_args") or {}

@@ -15,8 +15,7 @@ import warnings
 
 import numpy as np
 
-from .errors import FeatcacheError, ImageDecodeError
-from .manifest import display
+from .errors import FeatcacheError
 
 INSTALL = "the Ray engine needs Ray: pip install 'featcache[ray]' (or pip install 'ray[data]')"
 
@@ -92,26 +91,28 @@ class _Backbone:
         return {"index": batch["index"], "features": out, "reason": batch["reason"]}
 
 
-def run(spec, files, indices, known_bad, staging, options, decode, dtype, progress, address=None) -> int:
-    if not indices:
+def run(job, progress, address=None) -> int:
+    """Extract ``job`` (an ``engine.Job``) on Ray; rows come back to this process in order."""
+    if not job.indices:
         return 0
+    spec, options = job.spec, job.options
     ray = connect(address)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device.type == "cuda" else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = gpus or max(1, min(4, cpus // 2))
-    items = [{"index": int(i), "path": f, "reason": known_bad.get(int(i), "")} for i, f in zip(indices, files)]
+    items = [{"index": int(i), "path": f, "reason": job.known_bad.get(int(i), "")} for i, f in zip(job.indices, job.files)]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # featcache draws its own bar
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
-    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": decode},
+    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": job.decode},
                         batch_size=options.batch_size, num_cpus=1)
     with warnings.catch_warnings():  # Ray deprecates passing max_restarts this way but has no other yet
         warnings.simplefilter("ignore")
         ds = ds.map_batches(
-            _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, dtype),
+            _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, job.dtype),
             batch_size=options.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
             max_restarts=0,  # a failed replica fails the run (resumable) rather than restarting silently
         )
@@ -120,10 +121,8 @@ def run(spec, files, indices, known_bad, staging, options, decode, dtype, progre
         reasons = batch["reason"]
         ok = np.array([not r for r in reasons], dtype=bool)
         bad = [(int(i), str(r)) for i, r in zip(batch["index"][~ok], reasons[~ok])]
-        if bad and options.on_error == "fail":
-            i, reason = bad[0]
-            raise ImageDecodeError(f"cannot use {display(files[indices.index(i)])}: {reason} (use --on-error skip to skip bad files)")
-        staging.commit(batch["index"][ok].astype(np.int64), batch["features"][ok] if ok.any() else None, bad)
+        job.refuse(bad)
+        job.staging.commit(batch["index"][ok].astype(np.int64), batch["features"][ok] if ok.any() else None, bad)
         done += len(ok)
         progress.update(len(ok))
     return done

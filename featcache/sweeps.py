@@ -19,7 +19,7 @@ import json
 import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,31 +27,24 @@ import numpy as np
 from classifiers import get_head
 from classifiers.registry import UnknownName
 
-from . import backbones, config, fingerprint, progress
+from . import config, fingerprint, progress
 from .errors import FeatcacheError
+from .extract_config import ExtractConfig
 from .params import check_grid, parse_params
 
 SWEEP_FILE = "sweep.json"
 
 
-@dataclass(frozen=True)
-class FeatureConfig:
-    model: str
-    weights: str = "DEFAULT"
-    layer: str | None = None
-    pool: str = "none"
-    image_size: int | None = None
-
-    @property
-    def label(self) -> str:
-        w = "" if self.weights.upper() == "DEFAULT" else f"@{self.weights}"
-        return f"{self.model}{w} {self.layer or 'default'} pool={self.pool}"
+# What a [[features]] entry of a sweep file may set: the settings that change the numbers.
+FEATURE_KEYS = {"model", "weights", "layer", "layers", "pool", "pools", "image_size", "dtype", "precision", "draft"}
+FILE_KEYS = {"data", "cv", "test_size", "seed", "features", "heads"}
+DEFAULTS = {"data": str(config.DEFAULT_DATA_DIR), "cv": 5, "test_size": 0.2, "seed": 0}
 
 
 @dataclass
 class SweepPlan:
     data: str
-    features: list[FeatureConfig]
+    features: list[ExtractConfig]  # one per feature set; data and cache_dir are the sweep's
     heads: dict[str, dict[str, list]]
     cv: int = 5
     test_size: float = 0.2
@@ -60,7 +53,7 @@ class SweepPlan:
     problems: list[str] = field(default_factory=list)  # found while parsing; reported with the rest
 
     def key(self) -> dict:
-        return {"data": str(Path(self.data).resolve()), "features": [asdict(f) for f in self.features],
+        return {"data": str(Path(self.data).resolve()), "features": [f.identity() for f in self.features],
                 "heads": self.heads, "cv": self.cv, "test_size": self.test_size, "seed": self.seed}
 
 
@@ -69,26 +62,35 @@ def parse_model(text: str) -> tuple[str, str]:
     return model, weights or "DEFAULT"
 
 
-def plan_from_options(data, models, layers, pools, heads, params, image_size=None, cv=5, test_size=0.2, seed=0) -> SweepPlan:
+def plan_from_options(data=None, models=None, layers=None, pools=None, heads=None, params=None, image_size=None, cv=None,
+                      test_size=None, seed=None) -> SweepPlan:
     """CLI-style options: every model x every layer x every pool; ``params`` as HEAD.NAME=v1,v2."""
-    features = [FeatureConfig(m, w, layer, pool, image_size)
-                for m, w in map(parse_model, models or [config.DEFAULT_MODEL])
-                for layer in (layers or [None]) for pool in (pools or ["none"])]
+    data = str(data if data is not None else DEFAULTS["data"])
+    problems: list[str] = []
+    features = []
+    for m, w in map(parse_model, models or [config.DEFAULT_MODEL]):
+        for layer in (layers or [None]):
+            for pool in (pools or ["none"]):
+                try:
+                    features.append(ExtractConfig(data=data, model=m, weights=w, layer=layer, pool=pool, image_size=image_size))
+                except FeatcacheError as err:
+                    problems.append(f"{m}@{w}: {err}")
     grids: dict[str, dict[str, list]] = {h: None for h in (heads or ["svm"])}
-    problems = []
     for item in params or []:
         head, dot, rest = item.partition(".")
         if not dot or head not in grids:
             problems.append(f"--param {item!r} must be HEAD.NAME=v1,v2 for a --head of this sweep ({', '.join(grids)})")
             continue
         grids[head] = {**(grids[head] or {}), **_parse(head, [rest], problems)}
-    return SweepPlan(str(data), features, grids, cv, test_size, seed, problems=problems)
+    return SweepPlan(data, features, grids, cv if cv is not None else DEFAULTS["cv"],
+                     test_size if test_size is not None else DEFAULTS["test_size"], seed if seed is not None else DEFAULTS["seed"],
+                     problems=problems)
 
 
-def plan_from_toml(path, data=None) -> SweepPlan:
+def plan_from_toml(path, data=None, cv=None, test_size=None, seed=None, image_size=None) -> SweepPlan:
     """A sweep file::
 
-        data = "data"          # optional; --data overrides
+        data = "data"          # optional
         cv = 5
         [[features]]
         model = "efficientnet_lite0"
@@ -100,23 +102,43 @@ def plan_from_toml(path, data=None) -> SweepPlan:
         [heads.svm]
         C = [0.1, 1, 10]
         [heads.logreg]
+
+    Precedence: an argument given here (the CLI's --data, --cv, --test-size, --seed, --image-size)
+    overrides the file, the file overrides the defaults. A relative ``data`` in the file is relative
+    to the file's folder.
     """
+    path = Path(path)
     try:
-        doc = tomllib.loads(Path(path).read_text())
+        doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise FeatcacheError(f"cannot read sweep file {path}: {err}") from None
-    unknown = set(doc) - {"data", "cv", "test_size", "seed", "features", "heads"}
+    unknown = set(doc) - FILE_KEYS
     if unknown:
-        raise FeatcacheError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}: use data, cv, test_size, seed, features, heads")
+        raise FeatcacheError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(FILE_KEYS))}")
+    if data is None and "data" in doc:
+        data = path.parent / str(doc["data"])
+    data = str(data if data is not None else DEFAULTS["data"])
+    problems: list[str] = []
     features = []
     for entry in doc.get("features") or [{"model": config.DEFAULT_MODEL}]:
+        extra = set(entry) - FEATURE_KEYS
+        if extra:
+            problems.append(f"sweep file {path}: unknown [[features]] key(s) {', '.join(sorted(extra))}: use {', '.join(sorted(FEATURE_KEYS))}")
+            continue
+        settings = {k: v for k, v in entry.items() if k not in ("layer", "layers", "pool", "pools")}
+        settings["weights"] = str(settings.get("weights", "DEFAULT"))
+        if image_size is not None:
+            settings["image_size"] = image_size
         for layer in entry.get("layers", [entry.get("layer")]):
             for pool in entry.get("pools", [entry.get("pool", "none")]):
-                features.append(FeatureConfig(entry.get("model", config.DEFAULT_MODEL), str(entry.get("weights", "DEFAULT")),
-                                              layer, pool, entry.get("image_size")))
+                try:
+                    features.append(ExtractConfig(data=data, layer=layer, pool=pool, **settings))
+                except FeatcacheError as err:
+                    problems.append(f"{settings.get('model', config.DEFAULT_MODEL)}: {err}")
     heads = {name: (grid or None) for name, grid in (doc.get("heads") or {"svm": {}}).items()}
-    return SweepPlan(str(data or doc.get("data", config.DEFAULT_DATA_DIR)), features, heads,
-                     int(doc.get("cv", 5)), float(doc.get("test_size", 0.2)), int(doc.get("seed", 0)))
+    pick = lambda name, given: given if given is not None else doc.get(name, DEFAULTS[name])  # noqa: E731
+    return SweepPlan(data, features, heads, int(pick("cv", cv)), float(pick("test_size", test_size)), int(pick("seed", seed)),
+                     problems=problems)
 
 
 def _parse(head: str, items: list[str], problems: list[str]) -> dict:
@@ -143,7 +165,7 @@ def validate(plan: SweepPlan) -> list:
     specs = []
     for i, f in enumerate(plan.features):
         try:
-            spec = backbones.resolve(f.model, weights=f.weights, layer=f.layer, pool=f.pool, image_size=f.image_size)
+            spec = f.resolve_spec()
             specs.append(spec)
             plan.layers_resolved[i] = spec.layer
         except FeatcacheError as err:
@@ -174,15 +196,21 @@ def default_out(plan: SweepPlan) -> Path:
     return Path("sweeps") / f"sweep-{fingerprint.digest(plan.key())[:10]}"
 
 
-def sweep(data=config.DEFAULT_DATA_DIR, models=None, layers=None, pools=None, heads=None, params=None,
-          config_file=None, image_size=None, cv: int = 5, test_size: float = 0.2, seed: int = 0, out=None,
-          cache_dir=None, progress_bar: bool = True, plan: SweepPlan | None = None) -> Path:
-    """Run (or resume) a sweep; returns its directory with the leaderboard."""
+def sweep(data=None, models=None, layers=None, pools=None, heads=None, params=None,
+          config_file=None, image_size=None, cv: int | None = None, test_size: float | None = None, seed: int | None = None,
+          out=None, cache_dir=None, progress_bar: bool = True, plan: SweepPlan | None = None) -> Path:
+    """Run (or resume) a sweep; returns its directory with the leaderboard.
+
+    ``None`` means "not given": the sweep file's value, else the default (data ``./data``, cv 5,
+    test_size 0.2, seed 0). Given values override the file.
+    """
     from .extraction import extract
     from .pipeline import fit, load_features
 
     if plan is None:
-        plan = (plan_from_toml(config_file, data if data != config.DEFAULT_DATA_DIR else None) if config_file
+        if config_file and (models or layers or pools or heads or params):
+            raise FeatcacheError("give either a sweep file or models/layers/pools/heads/params, not both")
+        plan = (plan_from_toml(config_file, data, cv, test_size, seed, image_size) if config_file
                 else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed))
     validate(plan)
     out = Path(out) if out else default_out(plan)
@@ -197,8 +225,7 @@ def sweep(data=config.DEFAULT_DATA_DIR, models=None, layers=None, pools=None, he
     n_rows = len(plan.features) * len(plan.heads)
     overall = progress.bar(n_rows, "sweep", progress_bar, unit="row", position=0)
     for i, f in enumerate(plan.features):
-        result = extract(plan.data, model=f.model, weights=f.weights, layer=f.layer, pool=f.pool, image_size=f.image_size,
-                         cache_dir=cache_dir, progress_bar=progress_bar)
+        result = extract(f, cache_dir=cache_dir, progress_bar=progress_bar)
         loaded = None
         for head, grid in plan.heads.items():
             row_id = f"{result.id[:10]}-{head}"
@@ -211,7 +238,7 @@ def sweep(data=config.DEFAULT_DATA_DIR, models=None, layers=None, pools=None, he
                 reused = False
             else:
                 reused = True
-            row = {"feature_set": result.id, "head": head, "run": str(run_dir.relative_to(out)), "config": asdict(f),
+            row = {"feature_set": result.id, "head": head, "run": str(run_dir.relative_to(out)), "config": f.identity(),
                    "reused": reused}
             row["feature_bytes"] = result.path.stat().st_size
             state["rows"][row_id] = row

@@ -1,0 +1,215 @@
+"""One record for the settings of an extraction, used wherever those settings travel.
+
+The CLI builds it from its options, ``extract()`` takes it (or builds it from keyword arguments),
+the feature set stores it (``extract_args``), ``fit`` prints the command that refreshes a stale set
+from it, a sweep row is one, and ``predict`` rebuilds the extractor from the stored one. Written
+out once, the settings cannot drift between those places (the refresh command that silently built
+a new set instead of updating the old one was what five copies cost).
+
+``ExtractConfig`` holds what the user asked for, ``auto`` included; ``resolve()`` turns the ``auto``
+values into what this machine will run with, once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from . import config
+from .errors import FeatcacheError
+
+DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ON_ERROR = ("skip", "fail")
+ENGINES = ("local", "ray")
+AUTO = "auto"
+
+# The settings that change the feature numbers (they enter the feature-set id through the resolved
+# extractor, decode, dtype and precision); the rest change where, how fast or how robustly.
+IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft")
+
+
+def count_or_auto(value, flag: str, minimum: int) -> int | str:
+    """A whole number >= ``minimum``, or "auto" (the CLI passes text, the library numbers)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        number = None if isinstance(value, bool) else int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None:
+        raise FeatcacheError(f"{flag} {value!r} is not a whole number or auto: e.g. {flag} 8, or {flag} auto")
+    if number < minimum:
+        raise FeatcacheError(f"{flag} {number} is too small: use {minimum} or more, or auto")
+    return number
+
+
+def parse_shard(shard) -> tuple[int, int] | None:
+    if shard is None or isinstance(shard, tuple):
+        return shard
+    if isinstance(shard, list):
+        return (int(shard[0]), int(shard[1]))
+    try:
+        i, n = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        raise FeatcacheError(f"--shard {shard!r} is not I/N: use e.g. --shard 0/4 (I counts from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise FeatcacheError(f"--shard {shard}: I must be in 0..{max(n - 1, 0)} (I counts from 0)")
+    return i, n
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``featcache extract`` can be told; defaults are the CLI's defaults."""
+
+    data: str = str(config.DEFAULT_DATA_DIR)
+    model: str = config.DEFAULT_MODEL
+    weights: str = "DEFAULT"
+    layer: str | None = None
+    pool: str = "none"
+    image_size: int | None = None
+    dtype: str = "float16"
+    precision: str = AUTO  # auto = fp16 autocast on CUDA, fp32 on CPU
+    draft: bool = True  # libjpeg draft decoding of large JPEGs
+    # speed only: never part of the id
+    batch_size: int | str = AUTO
+    workers: int | str = AUTO
+    streams: int | str = AUTO
+    device: str = AUTO
+    compile: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
+    # where and how robustly
+    cache_dir: str | None = None
+    on_error: str = "skip"
+    shard: tuple[int, int] | None = None
+    lock_timeout: float = -1
+    incremental: bool = True
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
+        set_("data", os.fspath(self.data))
+        if self.cache_dir is not None:
+            set_("cache_dir", os.fspath(self.cache_dir))
+        set_("weights", str(self.weights if self.weights is not None else "DEFAULT"))
+        if self.dtype not in DTYPES:
+            raise FeatcacheError(f"unknown dtype {self.dtype!r}: use float16 or float32")
+        if self.precision not in PRECISIONS:
+            raise FeatcacheError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.on_error not in ON_ERROR:
+            raise FeatcacheError(f"unknown --on-error {self.on_error!r}: use skip or fail")
+        if self.engine not in ENGINES:
+            raise FeatcacheError(f"unknown engine {self.engine!r}: use local or ray")
+        if self.image_size is not None:
+            set_("image_size", int(self.image_size))
+        set_("batch_size", count_or_auto(self.batch_size, "--batch-size", 1))
+        set_("workers", count_or_auto(self.workers, "--workers", 0))
+        set_("streams", count_or_auto(self.streams, "--streams", 1))
+        set_("shard", parse_shard(self.shard))
+        set_("draft", bool(self.draft))
+        set_("compile", bool(self.compile))
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def make(cls, data_or_config: "ExtractConfig | str | os.PathLike | None" = None, **settings) -> "ExtractConfig":
+        """``extract("photos", model=...)``, ``extract(cfg)`` or ``extract(cfg, workers=0)``."""
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown extraction setting(s): {', '.join(sorted(unknown))}")
+        if isinstance(data_or_config, ExtractConfig):
+            return replace(data_or_config, **settings)
+        if data_or_config is not None:
+            settings["data"] = data_or_config
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shard"] = list(self.shard) if self.shard else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractConfig":
+        """Read a stored record; older files stored a subset of these keys (the rest default)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the numbers, as given (``auto`` unresolved)."""
+        return {name: getattr(self, name) for name in IDENTITY}
+
+    # -- what it means -----------------------------------------------------------------------------
+    def resolve_spec(self):
+        """The extractor record (architecture, weights identity, cut, preprocessing); loads no weights."""
+        from . import backbones
+
+        return backbones.resolve(self.model, weights=self.weights, layer=self.layer, pool=self.pool,
+                                 image_size=self.image_size)
+
+    def decode(self):
+        from .images import Decode
+
+        return Decode(draft=self.draft)
+
+    def command(self, precision: str | None = None) -> str:
+        """The ``featcache extract`` command line that makes exactly this feature set.
+
+        ``precision``: the precision the set was actually made with. It is spelled out, because
+        ``auto`` resolves differently on a machine with or without a GPU.
+        """
+        default = ExtractConfig()
+        parts = ["featcache extract", "--data", shlex.quote(self.data), "--model", shlex.quote(self.model)]
+        for name in ("weights", "layer", "pool", "image_size", "dtype"):
+            value = getattr(self, name)
+            if value != getattr(default, name):
+                parts += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
+        chosen = precision or self.precision
+        if chosen != default.precision:
+            parts += ["--precision", chosen]
+        if not self.draft:
+            parts.append("--no-draft")
+        if self.cache_dir:
+            parts += ["--cache-dir", shlex.quote(self.cache_dir)]
+        return " ".join(parts)
+
+    @classmethod
+    def of_feature_set(cls, meta: dict) -> "ExtractConfig":
+        """The record a feature set was made with, from its attributes (older files stored fewer
+        keys; the data folder is the resolved one, so the record works from any directory)."""
+        stored = meta.get("extract_args") or {}
+        return replace(cls.from_dict(stored), data=meta.get("data_root") or stored.get("data", cls.data))
+
+    @property
+    def label(self) -> str:
+        w = "" if self.weights.upper() == "DEFAULT" else f"@{self.weights}"
+        return f"{self.model}{w} {self.layer or 'default'} pool={self.pool}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """``auto`` values settled for this machine and this extractor: what the engine runs with."""
+
+    device: Any  # torch.device
+    precision: str  # fp32 | fp16 | bf16
+    batch_size: int
+    workers: int
+    streams: int
+    compile: bool
+
+    def run_settings(self) -> dict:
+        """What a resume keeps as recorded (they move the last bits of the features, not the values)."""
+        return {"batch_size": self.batch_size, "compile": self.compile, "streams": self.streams}
+
+
+def resolve(cfg: ExtractConfig, spec) -> Resolved:
+    from . import engine, tuning
+
+    device = engine.resolve_device(cfg.device)
+    precision = engine.resolve_precision(cfg.precision, device)
+    batch = cfg.batch_size if cfg.batch_size != AUTO else tuning.batch_size(spec.backbone.arch, device)
+    workers = cfg.workers if cfg.workers != AUTO else tuning.workers(device)
+    # A compiled module runs from one thread only (Dynamo is not meant for concurrent calls).
+    streams = 1 if cfg.compile else cfg.streams if cfg.streams != AUTO else tuning.streams(device)
+    return Resolved(device=device, precision=precision, batch_size=int(batch), workers=int(workers),
+                    streams=int(streams), compile=cfg.compile)
