@@ -30,7 +30,7 @@ import torch
 
 from extract_speed import CORES, MODELS, decode_ms, engine_rate_child, featcache_rate, image_files, weights_of
 from featcache import backbones
-from featcache import engine as E
+from featcache import tuning
 
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -58,9 +58,9 @@ def settings(model: str, bs0: int, w0: int, sizes: list[int], quick: bool) -> di
 
 def section_engine(cfg, data, report) -> None:
     cpu = torch.device("cpu")
-    w0 = E.auto_workers(cpu)
+    w0 = tuning.workers(cpu)
     for model in (list(MODELS)[:1] if cfg.quick else MODELS):  # quick: the default model only
-        bs0 = E.auto_batch_size(backbones.resolve(model, weights=weights_of(model)), cpu)
+        bs0 = tuning.batch_size(backbones.resolve(model, weights=weights_of(model)).backbone.arch, cpu)
         configs = settings(model, bs0, w0, cfg.sizes[model], cfg.quick)
         rates: dict[str, list[float]] = {k: [] for k in configs}
         noise: dict[str, list[float]] = {k: [] for k in configs}

@@ -145,7 +145,9 @@ def engine_rate(files: list[str], model: str, batch_size: int, workers: int, thr
         t0 = time.perf_counter()
         sink = NullSink()
         forward = E.Forward(spec, opts.device, opts.precision, opts.channels_last)
-        E.run(forward, files, list(range(len(files))), {}, sink, opts, Decode(draft=draft), "float32", NoProgress())
+        job = E.Job(spec=spec, files=files, indices=list(range(len(files))), known_bad={}, staging=sink, options=opts,
+                    decode=Decode(draft=draft), dtype="float32")
+        E.run(job, forward, NoProgress())
         seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
