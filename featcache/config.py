@@ -25,6 +25,11 @@ def runs_dir(value: str | os.PathLike | None = None) -> Path:
     return Path(value or os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
 
 
+def user_cache_dir() -> Path:
+    """featcache's own memo files (weights hashes, model descriptions): ``$XDG_CACHE_HOME/featcache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featcache"
+
+
 def offline() -> bool:
     return any(
         os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}

@@ -7,18 +7,18 @@ so descriptions are memoised per torchvision/timm version in the user's cache di
 from __future__ import annotations
 
 import json
-import os
 from importlib.metadata import version
 from pathlib import Path
 
 from . import backbones, progress
+from .config import user_cache_dir
+from .files import write_json
 from .backbones import ModelInfo
 from .fingerprint import KEY_VERSION
 
 
 def _memo_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "featcache"
-    return base / f"models-tv{version('torchvision')}-timm{version('timm')}-k{KEY_VERSION}.json"
+    return user_cache_dir() / f"models-tv{version('torchvision')}-timm{version('timm')}-k{KEY_VERSION}.json"
 
 
 def list_models(pattern: str | None = None, describe_limit: int = 400, progress_bar: bool = True) -> list[ModelInfo]:
@@ -45,9 +45,7 @@ def list_models(pattern: str | None = None, describe_limit: int = 400, progress_
     if changed:
         try:
             memo_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo))
-            os.replace(tmp, memo_file)
+            write_json(memo_file, memo, indent=None)
         except OSError:
             pass
     return out

@@ -7,7 +7,6 @@ what was written (the content hash).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from .manifest import diff, scan
 from .params import check_grid
 from .search import grid_search
 from .splits import make_split
-from .store import FeatureSet
+from .store import ContentDigest, FeatureSet
 
 # LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
 DEFAULT_CV = {"svm": 10}
@@ -59,11 +58,8 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
                 f"feature set {fs.id} is corrupted ({str(err).splitlines()[0][:80]}): "
                 f"`featcache cache rm {fs.id}` and run `featcache extract` again"
             ) from None
-        labels, index = fs.labels, fs.index
-        digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes())
-        digest.update(labels.astype(np.int32).tobytes())
-        digest.update(index.astype(np.int64).tobytes())
-        if digest.hexdigest() != fs.meta.get("content_sha256"):
+        labels = fs.labels
+        if ContentDigest().features(raw).finish(labels, fs.index) != fs.meta.get("content_sha256"):
             raise CacheError(
                 f"feature set {fs.id} does not match the content hash recorded at extraction (altered or corrupted): "
                 f"`featcache cache rm {fs.id}` and run `featcache extract` again"

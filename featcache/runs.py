@@ -16,7 +16,6 @@ hash changed since it was saved.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from classifiers import load_head, save_head, scores
 
 from .errors import RunError
+from .files import sha256_file, write_json
 
 CHECKSUMS = "checksums.json"
 TRUSTED = ("params.json", "metrics.json", "test_predictions.csv", "head/head.safetensors", "head/head.json")
@@ -64,28 +64,6 @@ class Run:
 
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def new_run_dir(runs_dir: Path, head: str, fsid: str) -> Path:
@@ -154,8 +132,8 @@ def save_run(runs_dir: Path, run_dir, head, estimator, grid, fixed, result, spli
     }
     if hasattr(estimator, "history_"):
         metrics["history"] = estimator.history_
-    _write_json(path / "params.json", params_doc)
-    _write_json(path / "metrics.json", metrics)
+    write_json(path / "params.json", params_doc)
+    write_json(path / "metrics.json", metrics)
     test_paths = [data.paths[i] for i in split.test_rows]
     with open(path / "test_predictions.csv", "w", newline="") as out:
         writer = csv.writer(out)
@@ -165,7 +143,7 @@ def save_run(runs_dir: Path, run_dir, head, estimator, grid, fixed, result, spli
     save_head(estimator, path / "head")
     run = Run(path, params_doc, metrics, estimator)
     report.render_run(run)
-    _write_json(path / CHECKSUMS, {name: _sha256(path / name) for name in TRUSTED})
+    write_json(path / CHECKSUMS, {name: sha256_file(path / name) for name in TRUSTED})
     return run
 
 
@@ -200,7 +178,7 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
                 target = path / name
                 if not target.is_file():
                     raise RunError(f"run {path.name} is missing {name}: fit again (`featcache fit`)")
-                if _sha256(target) != recorded.get(name):
+                if sha256_file(target) != recorded.get(name):
                     raise RunError(f"run {path.name}: {name} was altered after the run was saved (checksum differs): fit again")
         params = json.loads((path / "params.json").read_text())
         metrics = json.loads((path / "metrics.json").read_text())

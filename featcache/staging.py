@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import CacheError
+from .files import atomic_write, save_npy
 
 HEADER = "staging.json"
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -66,7 +66,7 @@ class Staging:
             shutil.rmtree(directory, ignore_errors=True)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(directory / HEADER, json.dumps(header, sort_keys=True).encode())
+            atomic_write(directory / HEADER, json.dumps(header, sort_keys=True))
         except OSError as err:
             if is_disk_full(err):
                 raise disk_full_error(err, directory.parent, "the staging header") from None
@@ -97,12 +97,11 @@ class Staging:
         indices = np.asarray(indices, dtype=np.int64)
         try:
             if len(indices):
-                _atomic_save_npy(self.dir / f"{stem}.npy", features)
+                save_npy(self.dir / f"{stem}.npy", features)
             record = {"indices": indices.tolist(), "skipped": [[int(i), r] for i, r in skipped]}
-            _atomic_write(self.dir / f"{stem}.json", json.dumps(record).encode())
+            atomic_write(self.dir / f"{stem}.json", json.dumps(record))
         except OSError as err:
-            for suffix in (".npy", ".npy.tmp", ".json.tmp"):
-                (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            (self.dir / f"{stem}.npy").unlink(missing_ok=True)  # a feature file whose record never landed
             if is_disk_full(err):
                 raise disk_full_error(err, self.dir.parent, "extracted features") from None
             raise
@@ -155,17 +154,3 @@ class Staging:
                     block = np.empty((len(sel),) + rows.shape[1:], dtype=rows.dtype)
                 block[mine] = rows
             yield index[sel], block
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)

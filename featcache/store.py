@@ -48,6 +48,24 @@ _STR = h5py.string_dtype("utf-8")
 _JSON_ATTRS = ("preprocess", "decode", "versions", "key", "extract_args", "data_root", "feature_shape")
 
 
+class ContentDigest:
+    """The content hash recorded at extraction: feature bytes in row order, then labels, then the
+    manifest index of each row. Written, verified and checked before fitting by this one class, so
+    the three can never disagree about what "altered" means."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+
+    def features(self, block: np.ndarray) -> "ContentDigest":
+        self._digest.update(np.ascontiguousarray(block).tobytes())
+        return self
+
+    def finish(self, labels: np.ndarray, index: np.ndarray) -> str:
+        self._digest.update(np.asarray(labels).astype(np.int32).tobytes())
+        self._digest.update(np.asarray(index).astype(np.int64).tobytes())
+        return self._digest.hexdigest()
+
+
 def chunk_rows(feature_shape: tuple[int, ...], dtype: str, n_rows: int) -> int:
     row_bytes = int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return int(max(1, min(n_rows, round(CHUNK_BYTES / max(row_bytes, 1)))))
@@ -83,18 +101,17 @@ def write_feature_set(
                 shuffle=bool(n_rows),
                 fletcher32=bool(n_rows),
             )
-            digest = hashlib.sha256()
+            digest = ContentDigest()
             index = np.empty(n_rows, dtype=np.int64)
             at = 0
             for idx, block in rows_source.rows_in_order(block_rows=rows * 8):
                 block = np.ascontiguousarray(block, dtype=dtype)
                 feats[at:at + len(idx)] = block
-                digest.update(block.tobytes())
+                digest.features(block)
                 index[at:at + len(idx)] = idx
                 at += len(idx)
             labels = manifest.labels[index].astype(np.int32)
-            digest.update(labels.tobytes())
-            digest.update(index.tobytes())
+            content = digest.finish(labels, index)
             f.create_dataset("labels", data=labels)
             f.create_dataset("index", data=index)
             f.create_dataset("paths", data=np.array([os.fsencode(manifest.paths[i]) for i in index], dtype=object), dtype=_BYTES)
@@ -109,7 +126,6 @@ def write_feature_set(
             s = f.create_group("skipped")
             s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
             s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
-            content = digest.hexdigest()
             for key, value in {**attrs, "content_sha256": content, "n_rows": n_rows, "n_skipped": len(skipped)}.items():
                 f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
             f.attrs["complete"] = True
@@ -323,12 +339,10 @@ def verify(path: Path) -> list[str]:
     problems = []
     with fs:
         try:
-            digest = hashlib.sha256()
+            digest = ContentDigest()
             for _, block in fs.iter_blocks():
-                digest.update(np.ascontiguousarray(block).tobytes())
-            digest.update(fs.labels.astype(np.int32).tobytes())
-            digest.update(fs.index.astype(np.int64).tobytes())
-            if digest.hexdigest() != fs.meta.get("content_sha256"):
+                digest.features(block)
+            if digest.finish(fs.labels, fs.index) != fs.meta.get("content_sha256"):
                 problems.append("content hash differs from the one recorded at extraction: the file was altered")
             n = len(fs)
             for name in ("labels", "paths", "split", "index"):

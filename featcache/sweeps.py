@@ -30,6 +30,7 @@ from classifiers.registry import UnknownName
 from . import config, fingerprint, progress
 from .errors import FeatcacheError
 from .extract_config import ExtractConfig
+from .files import write_json
 from .params import check_grid, parse_params
 
 SWEEP_FILE = "sweep.json"
@@ -242,7 +243,7 @@ def sweep(data=None, models=None, layers=None, pools=None, heads=None, params=No
                    "reused": reused}
             row["feature_bytes"] = result.path.stat().st_size
             state["rows"][row_id] = row
-            _save_state(state_path, state)
+            write_json(state_path, state)
             overall.update()
     overall.close()
     render(out)
@@ -264,12 +265,6 @@ def _finished(run_dir: Path, fsid: str, head: str, grid, plan: SweepPlan) -> boo
     wanted = grid if grid is not None else get_head(head).default_grid
     return (p["features"]["id"] == fsid and p["head"] == head and p["grid"] == json.loads(json.dumps(wanted))
             and p["cv"] == plan.cv and p["seed"] == plan.seed and p["split"].get("test_size") in (plan.test_size, None))
-
-
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- leaderboard

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,28 +30,23 @@ def file_weights(choice: str) -> Weights:
 
 def file_sha256(path: Path) -> str:
     """Hash a weights file, memoised per (path, size, mtime) so large files are read once."""
+    from ..config import user_cache_dir
+    from ..files import sha256_file, write_json
+
     stat = path.stat()
-    memo_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "featcache"
-    memo = memo_dir / "weights-sha256.json"
+    memo = user_cache_dir() / "weights-sha256.json"
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     try:
         known = json.loads(memo.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        return known[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    known[key] = digest.hexdigest()
-    try:
-        memo_dir.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
-    except OSError:
-        pass  # the memo is an optimisation only
+    if key not in known:
+        known[key] = sha256_file(path)
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_json(memo, known, indent=None)
+        except OSError:
+            pass  # the memo is an optimisation only
     return known[key]
 
 
