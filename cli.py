@@ -290,10 +290,7 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
                   backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
                   progress_bar=not quiet, head_params=fixed_params)
     if as_json:
-        m = run.metrics
-        click.echo(json.dumps({"run": str(run.path), "head": head, "features": run.params["features"]["id"],
-                               "best_params": m["best_params"], "cv_mean": m["best_cv_mean"], "cv_std": m["best_cv_std"],
-                               "test_accuracy": m["test"]["accuracy"], "fit_seconds": m["fit_seconds"]}))
+        click.echo(json.dumps(run.to_row()))
     else:
         click.echo(run.summary())
         click.echo(f"test accuracy: {run.test_accuracy:.4f}")
@@ -324,31 +321,24 @@ def runs(sort, head, features, runs_dir, as_json):
     from featcache import config
     from featcache.runs import list_runs
 
-    found = [r for r in list_runs(config.runs_dir(runs_dir))
-             if (not head or r.params["head"] == head) and (not features or r.params["features"]["id"].startswith(features))]
-    keys = {
-        "created": lambda r: r.params["created"], "head": lambda r: r.params["head"],
-        "features": lambda r: (r.params["features"]["model"], r.params["features"]["layer"]),
-        "cv": lambda r: -r.metrics["best_cv_mean"], "test": lambda r: -r.metrics["test"]["accuracy"],
-        "time": lambda r: r.metrics["fit_seconds"],
-    }
-    found.sort(key=keys[sort])
+    found = [r.to_row() for r in list_runs(config.runs_dir(runs_dir))]
+    found = [r for r in found if (not head or r["head"] == head) and (not features or r["features"].startswith(features))]
+    keys = {"created": "created", "head": "head", "features": ("model", "layer"), "cv": "cv_mean", "test": "test_accuracy",
+            "time": "fit_seconds"}
+    key = keys[sort]
+    found.sort(key=lambda r: tuple(r[k] for k in key) if isinstance(key, tuple) else r[key],
+               reverse=sort in ("cv", "test"))
     if as_json:
-        click.echo(json.dumps([{"run": str(r.path), "head": r.params["head"], "features": r.params["features"]["id"],
-                                "model": r.params["features"]["model"], "layer": r.params["features"]["layer"],
-                                "best_params": r.metrics["best_params"], "cv_mean": r.metrics["best_cv_mean"],
-                                "cv_std": r.metrics["best_cv_std"], "test_accuracy": r.metrics["test"]["accuracy"],
-                                "fit_seconds": r.metrics["fit_seconds"]} for r in found]))
+        click.echo(json.dumps(found))
         return
     if not found:
         click.echo(f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one")
         return
     table = [("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S")]
     for r in found:
-        f, m = r.params["features"], r.metrics
-        best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["best_params"].items()) or "-"
-        table.append((r.name, r.params["head"], f"{f['model']}/{f['layer']}/{f['pool']} {f['id'][:8]}", best,
-                      f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}", f"{m['test']['accuracy']:.4f}", f"{m['fit_seconds']:.2f}"))
+        best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-"
+        table.append((r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}", best,
+                      f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['fit_seconds']:.2f}"))
     click.echo(_table(table))
 
 

@@ -102,9 +102,9 @@ def compare(name: str, fsid: str, cache: Path, n_jobs: int) -> dict:
             run = featcache.fit(head="svm", features=fsid, cache_dir=cache, runs_dir=out_dir() / "runs-grid", cv=10,
                                 n_jobs=n_jobs, progress_bar=False, loaded=data)
             timings[n_jobs] = time.perf_counter() - start
-        print(f"  featcache fit --head svm --n-jobs {n_jobs}: {timings[n_jobs]:.1f} s (search {run.metrics['search_seconds']:.1f} s"
-              f" + refit {run.metrics['refit_seconds']:.1f} s + report), test accuracy {run.test_accuracy:.4f}, "
-              f"best {run.metrics['best_params']}, others used {noise.cores:.2f} cores", flush=True)
+        print(f"  featcache fit --head svm --n-jobs {n_jobs}: {timings[n_jobs]:.1f} s (search {run.metrics.search_seconds:.1f} s"
+              f" + refit {run.metrics.refit_seconds:.1f} s + report), test accuracy {run.test_accuracy:.4f}, "
+              f"best {run.metrics.best_params}, others used {noise.cores:.2f} cores", flush=True)
     ours = timings[1]
     references = {}
     duals = ["auto", True] if X_cv.shape[0] > int(np.prod(X_cv.shape[1:])) else ["auto"]  # n < d: "auto" is dual

@@ -120,8 +120,6 @@ def fit(
     loaded: LoadedFeatures | None = None,
 ):
     """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run."""
-    from . import runs
-
     head_cls = get_head(head)
     grid = dict(head_cls.default_grid) if params is None else dict(params)
     fixed = dict(head_params or {})
@@ -147,9 +145,30 @@ def fit(
             raise
         raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
     search_seconds = time.perf_counter() - started
+    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir)
+
+
+def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir):
+    """Score the test split once, then write the run."""
+    from . import runs
+    from .evaluation import edge_params, score_test
+
+    estimator, names = result.best_estimator, data.class_names
     X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
-    return runs.save_run(
-        runs_dir=config.runs_dir(runs_dir), run_dir=run_dir, head=head, estimator=result.best_estimator, grid=grid,
-        fixed=fixed, result=result, split=split, data=data, X_test=X_test, y_test=y_test,
-        search_seconds=search_seconds, n_jobs=n_jobs, backend=backend,
+    test, predicted, confidence = score_test(estimator, X_test, y_test, names)
+    table, best = result.cv_results, result.best_index
+    params = runs.RunParams(
+        head=head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,
+        seed=split.info["seed"], n_jobs=n_jobs, backend=backend, class_names=names,
+        features=runs.feature_ref(data.meta, data.path), created=runs.now(),
     )
+    metrics = runs.RunMetrics(
+        cv_results=table, best_index=best, best_params=result.best_params, best_cv_mean=table["mean_test_score"][best],
+        best_cv_std=table["std_test_score"][best], best_on_edge=edge_params(grid, table, best),
+        search_seconds=round(search_seconds, 3), refit_seconds=round(result.refit_seconds, 3),
+        fit_seconds=round(search_seconds + result.refit_seconds, 3), test=test, history=getattr(estimator, "history_", None),
+    )
+    predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
+                   for row, t, p, c in zip(split.test_rows, y_test, predicted, confidence)]
+    path = Path(run_dir) if run_dir else runs.new_run_dir(config.runs_dir(runs_dir), head, data.meta["id"])
+    return runs.save_run(path, params, metrics, estimator, predictions)

@@ -52,7 +52,7 @@ def collect(inputs) -> list[str]:
 
 
 def feature_set_of(run, cache_dir=None) -> Path:
-    f = run.params["features"]
+    f = run.params.features
     path = Path(f["path"])
     if not path.is_file():
         try:
@@ -80,7 +80,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     from . import engine
 
     run = load_run(run)
-    meta = run.params["features"]
+    meta = run.params.features
     with FeatureSet(feature_set_of(run, cache_dir)) as fs:
         made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
     spec, decode = made_with.resolve_spec(), made_with.decode()
@@ -101,7 +101,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
     loader = torch.utils.data.DataLoader(
         rows, batch_size=bs, collate_fn=collate, num_workers=workers if workers != "auto" else tuning.workers(dev))
-    names = run.params["class_names"]
+    names = run.params.class_names
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)
     for index, batch, bad in loader:

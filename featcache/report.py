@@ -172,43 +172,43 @@ def feature_line(f: dict) -> str:
 
 def run_blocks(run) -> list[Block]:
     p, m = run.params, run.metrics
-    table, names = m["cv_results"], p["class_names"]
+    table, names = m.cv_results, p.class_names
     plots = run.path / "plots"
     plots.mkdir(exist_ok=True)
-    f = p["features"]
+    f, split = p.features, p.split
     blocks: list[Block] = [
-        ("p", f"Head **{p['head']}** on feature set `{f['id']}`: {feature_line(f)}."),
-        ("p", f"Split: {p['split']['test']} (seed {p['seed']}); {p['split']['n_cv']} images in {p['cv']}-fold "
-              f"cross-validation, {p['split']['n_test']} test images"
-              + (f"; {p['split']['dropped']} input files had no features (skipped at extraction)." if p['split'].get('dropped') else ".")),
+        ("p", f"Head **{p.head}** on feature set `{f['id']}`: {feature_line(f)}."),
+        ("p", f"Split: {split['test']} (seed {p.seed}); {split['n_cv']} images in {p.cv}-fold "
+              f"cross-validation, {split['n_test']} test images"
+              + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else ".")),
         ("h", 2, "Result"),
         ("table", ["", "value"], [
-            ["best parameters", _params_text(m["best_params"])],
-            ["CV accuracy (mean +- std)", f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}"],
-            ["test accuracy", f"{m['test']['accuracy']:.4f} ({m['test']['n']} images)"],
-            ["search + refit time", f"{m['search_seconds']:.2f} s + {m['refit_seconds']:.2f} s"],
+            ["best parameters", _params_text(m.best_params)],
+            ["CV accuracy (mean +- std)", f"{m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}"],
+            ["test accuracy", f"{m.test.accuracy:.4f} ({m.test.n} images)"],
+            ["search + refit time", f"{m.search_seconds:.2f} s + {m.refit_seconds:.2f} s"],
         ]),
     ]
-    if m.get("best_on_edge"):
-        blocks.append(("p", "Warning: the best value of " + ", ".join(f"`{n}`" for n in m["best_on_edge"])
+    if m.best_on_edge:
+        blocks.append(("p", "Warning: the best value of " + ", ".join(f"`{n}`" for n in m.best_on_edge)
                        + " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."))
     searched = [k[len("param_"):] for k in table if k.startswith("param_")]
     blocks += [("h", 2, "Grid search"), ("table", _grid_header(table, searched), _grid_rows(table, searched))]
     for name in searched:
-        image = plot_param(table, name, plots / f"cv_{name}.png", f"{p['head']}: CV accuracy vs {name}")
+        image = plot_param(table, name, plots / f"cv_{name}.png", f"{p.head}: CV accuracy vs {name}")
         if image:
             blocks.append(("img", f"plots/{image.name}", f"CV accuracy against {name}"))
     blocks += [("h", 2, "Test set"),
                ("table", ["class", "precision", "recall", "F1", "support"],
                 [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                 for c, v in m["test"]["per_class"].items()])]
-    if m["test"]["confusion_matrix"]:
+                 for c, v in m.test.per_class.items()])]
+    if m.test.confusion_matrix:
         blocks.append(("table", ["true \\ predicted"] + names,
-                       [[names[i]] + row for i, row in enumerate(m["test"]["confusion_matrix"])]))
-        image = plot_confusion(m["test"]["confusion_matrix"], names, plots / "confusion.png")
+                       [[names[i]] + row for i, row in enumerate(m.test.confusion_matrix)]))
+        image = plot_confusion(m.test.confusion_matrix, names, plots / "confusion.png")
         blocks.append(("img", f"plots/{image.name}", "confusion matrix"))
-    if m.get("history"):
-        image = plot_history(m["history"], plots / "learning_curves.png")
+    if m.history:
+        image = plot_history(m.history, plots / "learning_curves.png")
         blocks += [("h", 2, "Learning curves"), ("img", f"plots/{image.name}", "MLP learning curves")]
     return blocks
 
@@ -236,14 +236,14 @@ def render_run(run) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------- compare
 def compare_blocks(runs: list, out: Path) -> list[Block]:
     rows = []
-    for r in sorted(runs, key=lambda r: -r.metrics["best_cv_mean"]):
-        m, f = r.metrics, r.params["features"]
+    for r in sorted(runs, key=lambda r: -r.metrics.best_cv_mean):
+        m, f = r.metrics, r.params.features
         link = os.path.relpath(r.path / "report.html", out)
-        rows.append([f"[{r.name}]({link})", r.params["head"], f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
-                     _params_text(m["best_params"]), f"{m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}",
-                     f"{m['test']['accuracy']:.4f}", f"{m['fit_seconds']:.2f}"])
+        rows.append([f"[{r.name}]({link})", r.params.head, f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
+                     _params_text(m.best_params), f"{m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}",
+                     f"{m.test.accuracy:.4f}", f"{m.fit_seconds:.2f}"])
     blocks: list[Block] = [("table", ["run", "head", "features", "set", "best params", "CV accuracy", "test accuracy", "fit s"], rows)]
-    if len({r.params["features"]["manifest_sha256"] for r in runs}) > 1:
+    if len({r.params.features["manifest_sha256"] for r in runs}) > 1:
         blocks.append(("p", "Note: these runs come from different data (manifests differ); their scores are not directly comparable."))
     image = plot_comparison(runs, out / "comparison.png")
     blocks.append(("img", image.name, "CV accuracy per run"))
@@ -252,13 +252,13 @@ def compare_blocks(runs: list, out: Path) -> list[Block]:
 
 def plot_comparison(runs: list, out: Path) -> Path:
     plt = _plt()
-    runs = sorted(runs, key=lambda r: -r.metrics["best_cv_mean"])
+    runs = sorted(runs, key=lambda r: -r.metrics.best_cv_mean)
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(runs) + 2), 3.8), dpi=110)
     xs = range(len(runs))
-    ax.errorbar(xs, [r.metrics["best_cv_mean"] for r in runs], yerr=[r.metrics["best_cv_std"] for r in runs],
+    ax.errorbar(xs, [r.metrics.best_cv_mean for r in runs], yerr=[r.metrics.best_cv_std for r in runs],
                 fmt="o", capsize=4, label="CV mean +- std")
     ax.scatter(xs, [r.test_accuracy for r in runs], marker="x", color="C3", label="test", zorder=3)
-    ax.set_xticks(list(xs), [f"{r.params['head']}\n{r.params['features']['model']}\n{r.name[:15]}" for r in runs], fontsize=7)
+    ax.set_xticks(list(xs), [f"{r.params.head}\n{r.params.features['model']}\n{r.name[:15]}" for r in runs], fontsize=7)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -18,13 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from classifiers import load_head, save_head, scores
+from classifiers import load_head, save_head
 
 from .errors import RunError
 from .files import sha256_file, write_json
@@ -34,10 +32,87 @@ TRUSTED = ("params.json", "metrics.json", "test_predictions.csv", "head/head.saf
 
 
 @dataclass
+class TestScores:
+    n: int
+    accuracy: float
+    per_class: dict[str, dict]  # class -> precision, recall, f1, support
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+
+
+@dataclass
+class RunParams:
+    """What was asked and on what: ``params.json``."""
+
+    head: str
+    grid: dict[str, list]
+    fixed_params: dict
+    head_params: dict
+    cv: int
+    split: dict  # splits.Split.info: how the test set and folds were chosen
+    seed: int
+    n_jobs: int
+    backend: str
+    class_names: list[str]
+    features: dict  # the feature set's recorded identity (FEATURE_META) and its path
+    created: str  # ISO time to the millisecond: orders runs made within one second
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunParams":
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    @property
+    def feature_id(self) -> str:
+        return self.features["id"]
+
+    @property
+    def features_label(self) -> str:
+        f = self.features
+        return f"{f['model']}/{f['layer']}/{f['pool']}"
+
+
+@dataclass
+class RunMetrics:
+    """What came out: ``metrics.json``."""
+
+    cv_results: dict  # scikit-learn cv_results_ columns
+    best_index: int
+    best_params: dict
+    best_cv_mean: float
+    best_cv_std: float
+    best_on_edge: list[str]
+    search_seconds: float
+    refit_seconds: float
+    fit_seconds: float
+    test: TestScores
+    history: list[dict] | None = None  # per-epoch figures of heads that train by epochs (mlp)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["history"] is None:
+            del d["history"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunMetrics":
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        values["test"] = TestScores(**d["test"])
+        return cls(**values)
+
+    def fold_scores(self) -> list[float]:
+        """The best candidate's score on each CV fold."""
+        table = self.cv_results
+        folds = sum(1 for k in table if k.startswith("split") and k.endswith("_test_score"))
+        return [table[f"split{k}_test_score"][self.best_index] for k in range(folds)]
+
+
+@dataclass
 class Run:
     path: Path
-    params: dict
-    metrics: dict
+    params: RunParams
+    metrics: RunMetrics
     estimator: object = None  # the fitted head, in memory right after ``fit`` (else ``head()`` loads it)
 
     @property
@@ -46,20 +121,28 @@ class Run:
 
     @property
     def test_accuracy(self) -> float:
-        return self.metrics["test"]["accuracy"]
+        return self.metrics.test.accuracy
 
     def head(self):
         return load_head(self.path / "head")
 
     def summary(self) -> str:
-        m = self.metrics
-        best = ", ".join(f"{k}={_fmt(v)}" for k, v in m["best_params"].items()) or "defaults"
+        m, p = self.metrics, self.params
+        best = ", ".join(f"{k}={_fmt(v)}" for k, v in m.best_params.items()) or "defaults"
         return (
-            f"run {self.path}: {self.params['head']} on feature set {self.params['features']['id']} "
-            f"({self.params['features']['model']} {self.params['features']['layer']}); best {best}; "
-            f"CV accuracy {m['best_cv_mean']:.4f} +- {m['best_cv_std']:.4f}; "
-            f"test accuracy {self.test_accuracy:.4f} ({m['test']['n']} images)"
+            f"run {self.path}: {p.head} on feature set {p.feature_id} "
+            f"({p.features['model']} {p.features['layer']}); best {best}; "
+            f"CV accuracy {m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}; "
+            f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images)"
         )
+
+    def to_row(self) -> dict:
+        """One line of ``featcache runs`` / ``fit --json``: what the table shows, as data."""
+        p, m = self.params, self.metrics
+        return {"run": str(self.path), "name": self.name, "head": p.head, "features": p.feature_id,
+                "model": p.features["model"], "layer": p.features["layer"], "pool": p.features["pool"],
+                "best_params": m.best_params, "cv_mean": m.best_cv_mean, "cv_std": m.best_cv_std,
+                "test_accuracy": m.test.accuracy, "fit_seconds": m.fit_seconds, "created": p.created}
 
 
 def _fmt(v) -> str:
@@ -81,88 +164,37 @@ FEATURE_META = ("id", "model", "family", "arch", "weights", "weights_kind", "wei
                 "created", "key", "n_rows", "n_skipped", "images_per_second", "extract_seconds", "versions")
 
 
-def save_run(runs_dir: Path, run_dir, head, estimator, grid, fixed, result, split, data, X_test, y_test,
-             search_seconds, n_jobs, backend) -> Run:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+def feature_ref(meta: dict, path: Path) -> dict:
+    """What a run keeps of its feature set's metadata."""
+    return {k: meta.get(k) for k in FEATURE_META} | {"path": str(path)}
 
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def save_run(path: Path, params: RunParams, metrics: RunMetrics, estimator, predictions: list[tuple[str, str, str, float]]) -> Run:
+    """Write a run directory; ``predictions`` are (relative path, true, predicted, confidence) per test image.
+
+    ``checksums.json`` is written last: until it exists the directory is not a finished run.
+    """
     from . import report
 
-    path = Path(run_dir) if run_dir else new_run_dir(runs_dir, head, data.meta["id"])
+    path = Path(path)
     (path / "head").mkdir(parents=True, exist_ok=True)
     (path / CHECKSUMS).unlink(missing_ok=True)
-    names = data.class_names
-    predicted, confidence = scores(estimator, X_test) if len(X_test) else (np.array([], int), np.array([]))
-    labels = list(range(len(names)))
-    p, r, f, s = precision_recall_fscore_support(y_test, predicted, labels=labels, zero_division=0)
-    table = result.cv_results
-    best = result.best_index
-    params_doc = {
-        "head": head,
-        "grid": grid,
-        "fixed_params": fixed,
-        "head_params": estimator.get_params(),
-        "cv": split.info["cv"],
-        "split": split.info,
-        "seed": split.info["seed"],
-        "n_jobs": n_jobs,
-        "backend": backend,
-        "class_names": names,
-        "features": {k: data.meta.get(k) for k in FEATURE_META} | {"path": str(data.path)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),  # orders runs made within one second
-    }
-    metrics = {
-        "cv_results": table,
-        "best_index": best,
-        "best_params": result.best_params,
-        "best_cv_mean": table["mean_test_score"][best],
-        "best_cv_std": table["std_test_score"][best],
-        "best_on_edge": edge_params(grid, table, best),
-        "search_seconds": round(search_seconds, 3),
-        "refit_seconds": round(result.refit_seconds, 3),
-        "fit_seconds": round(search_seconds + result.refit_seconds, 3),
-        "test": {
-            "n": int(len(y_test)),
-            "accuracy": float(accuracy_score(y_test, predicted)) if len(y_test) else float("nan"),
-            "per_class": {
-                names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                for i in labels
-            },
-            "confusion_matrix": confusion_matrix(y_test, predicted, labels=labels).tolist() if len(y_test) else [],
-        },
-    }
-    if hasattr(estimator, "history_"):
-        metrics["history"] = estimator.history_
-    write_json(path / "params.json", params_doc)
-    write_json(path / "metrics.json", metrics)
-    test_paths = [data.paths[i] for i in split.test_rows]
+    write_json(path / "params.json", params.to_dict())
+    write_json(path / "metrics.json", metrics.to_dict())
     with open(path / "test_predictions.csv", "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["path", "true", "predicted", "confidence"])
-        for rel, t, pr, c in zip(test_paths, y_test, predicted, confidence):
-            writer.writerow([os.fsencode(rel).decode("utf-8", "backslashreplace"), names[int(t)], names[int(pr)], f"{c:.6f}"])
+        for rel, true, predicted, confidence in predictions:
+            writer.writerow([os.fsencode(rel).decode("utf-8", "backslashreplace"), true, predicted, f"{confidence:.6f}"])
     save_head(estimator, path / "head")
-    run = Run(path, params_doc, metrics, estimator)
+    run = Run(path, params, metrics, estimator)
     report.render_run(run)
     write_json(path / CHECKSUMS, {name: sha256_file(path / name) for name in TRUSTED})
     return run
-
-
-def edge_params(grid: dict[str, list], table: dict, best_index: int) -> list[str]:
-    """Searched numeric parameters whose best value is the smallest or largest tried and beats
-    its inner neighbour (a plateau reaching the edge is no sign that the optimum lies outside)."""
-    best = table["params"][best_index]
-    mean = np.asarray(table["mean_test_score"])
-    edges = []
-    for name, values in grid.items():
-        numbers = sorted({v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if len(numbers) < 3 or best.get(name) not in (numbers[0], numbers[-1]):
-            continue
-        inner = numbers[1] if best[name] == numbers[0] else numbers[-2]
-        same_others = [i for i, p in enumerate(table["params"])
-                       if p.get(name) == inner and all(p.get(k) == v for k, v in best.items() if k != name)]
-        if same_others and mean[best_index] > mean[same_others[0]] + 1e-3:
-            edges.append(name)
-    return edges
 
 
 def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
@@ -180,10 +212,10 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
                     raise RunError(f"run {path.name} is missing {name}: fit again (`featcache fit`)")
                 if sha256_file(target) != recorded.get(name):
                     raise RunError(f"run {path.name}: {name} was altered after the run was saved (checksum differs): fit again")
-        params = json.loads((path / "params.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"run {path} is unreadable ({err}): fit again") from None
+        params = RunParams.from_dict(json.loads((path / "params.json").read_text()))
+        metrics = RunMetrics.from_dict(json.loads((path / "metrics.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"run {path} is unreadable ({type(err).__name__}: {err}): fit again") from None
     return Run(path, params, metrics)
 
 
@@ -191,11 +223,11 @@ def check_features(run: Run) -> None:
     """Stop if the run's feature set is still on disk but damaged (a missing one is only noted)."""
     from .store import verify
 
-    path = Path(run.params["features"]["path"])
+    path = Path(run.params.features["path"])
     if path.is_file():
         problems = verify(path)
         if problems:
-            fsid = run.params["features"]["id"]
+            fsid = run.params.feature_id
             raise RunError(f"the feature set {fsid} of run {run.name} is damaged ({problems[0][:120]}): "
                            f"`featcache cache rm {fsid}`, extract again and refit")
 
@@ -217,4 +249,4 @@ def latest(runs_dir: Path) -> Path:
     found = list_runs(runs_dir)
     if not found:
         raise RunError(f"no finished runs in {runs_dir}: `featcache fit` makes one, or pass --run / --runs-dir")
-    return max(found, key=lambda r: r.params["created"]).path
+    return max(found, key=lambda r: r.params.created).path

@@ -263,8 +263,8 @@ def _finished(run_dir: Path, fsid: str, head: str, grid, plan: SweepPlan) -> boo
         return False
     p = run.params
     wanted = grid if grid is not None else get_head(head).default_grid
-    return (p["features"]["id"] == fsid and p["head"] == head and p["grid"] == json.loads(json.dumps(wanted))
-            and p["cv"] == plan.cv and p["seed"] == plan.seed and p["split"].get("test_size") in (plan.test_size, None))
+    return (p.feature_id == fsid and p.head == head and p.grid == json.loads(json.dumps(wanted))
+            and p.cv == plan.cv and p.seed == plan.seed and p.split.get("test_size") in (plan.test_size, None))
 
 
 # ---------------------------------------------------------------------------------------- leaderboard
@@ -304,15 +304,14 @@ def render(out) -> list[Path]:
     rows = []
     for row_id, row in state["rows"].items():
         run = load_run(out / row["run"], verify=False)
-        m, f = run.metrics, run.params["features"]
-        folds = [m["cv_results"][f"split{k}_test_score"][m["best_index"]] for k in range(run.params["cv"])]
+        m, f, split = run.metrics, run.params.features, run.params.split
         rows.append({
             "row": row_id, "run": run, "model": f["model"], "weights": f["weights_kind"] if f["weights_kind"] != "pretrained" else "pretrained",
-            "layer": f["layer"], "pool": f["pool"], "head": run.params["head"], "cv_mean": m["best_cv_mean"],
-            "cv_std": m["best_cv_std"], "test": m["test"]["accuracy"], "best_params": m["best_params"],
-            "images_per_second": f.get("images_per_second") or float("nan"), "fit_seconds": m["fit_seconds"],
-            "feature_mb": row["feature_bytes"] / 2**20, "folds": folds, "dropped": run.params["split"].get("dropped", 0),
-            "n_cv": run.params["split"]["n_cv"], "n_test": run.params["split"]["n_test"],
+            "layer": f["layer"], "pool": f["pool"], "head": run.params.head, "cv_mean": m.best_cv_mean,
+            "cv_std": m.best_cv_std, "test": m.test.accuracy, "best_params": m.best_params,
+            "images_per_second": f.get("images_per_second") or float("nan"), "fit_seconds": m.fit_seconds,
+            "feature_mb": row["feature_bytes"] / 2**20, "folds": m.fold_scores(), "dropped": split.get("dropped", 0),
+            "n_cv": split["n_cv"], "n_test": split["n_test"],
         })
     rows.sort(key=lambda r: (-r["cv_mean"], -r["test"]))
     blocks = _leaderboard_blocks(rows, out)

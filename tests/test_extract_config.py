@@ -116,10 +116,10 @@ def test_seed_reaches_the_heads(tmp_path):
     runs = [featcache.fit(head=head, features=result.id, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", cv=2, seed=5,
                           params=grid, head_params=fixed, progress_bar=False)
             for head, grid, fixed in (("svm", {"C": [1.0]}, None), ("mlp", {}, {"max_epochs": 2}))]
-    assert all(run.params["head_params"]["random_state"] == 5 for run in runs)
+    assert all(run.params.head_params["random_state"] == 5 for run in runs)
     fixed = featcache.fit(head="svm", features=result.id, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", cv=2, seed=5,
                           params={"C": [1.0]}, head_params={"random_state": 2}, progress_bar=False)
-    assert fixed.params["head_params"]["random_state"] == 2  # an explicit value wins
+    assert fixed.params.head_params["random_state"] == 2  # an explicit value wins
 
 
 def test_a_head_failure_keeps_its_cause(tmp_path, monkeypatch):
@@ -148,4 +148,4 @@ def test_predict_rebuilds_the_extractor_from_the_stored_record(tmp_path):
     head = run.head()
     for image, p in zip(images, predicted):
         row = X[rows[str(image.relative_to(data))]][None]
-        assert p.label == run.params["class_names"][int(head.predict(row)[0])]
+        assert p.label == run.params.class_names[int(head.predict(row)[0])]

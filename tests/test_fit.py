@@ -70,12 +70,12 @@ def test_svm_defaults_to_ten_folds_and_the_edge_is_flagged(workspace, tmp_path):
     fsid = featcache.extract(data, cache_dir=tmp_path / "c", **EXTRACT).id
     run = featcache.fit(head="svm", features=fsid, cache_dir=tmp_path / "c", runs_dir=tmp_path / "runs",
                         params={"C": [1e-3, 1e-2, 1e-1]}, progress_bar=False)
-    assert run.params["cv"] == 10 and "split9_test_score" in run.metrics["cv_results"]
-    assert run.metrics["best_on_edge"] == ["C"]  # 0.1 clearly beats 0.01: the optimum may lie beyond
+    assert run.params.cv == 10 and "split9_test_score" in run.metrics.cv_results
+    assert run.metrics.best_on_edge == ["C"]  # 0.1 clearly beats 0.01: the optimum may lie beyond
     assert "edge of the grid" in (run.path / "report.md").read_text()
     plateau = featcache.fit(head="svm", features=fsid, cache_dir=tmp_path / "c", runs_dir=tmp_path / "runs",
                             params={"C": [0.01, 0.1, 1.0]}, progress_bar=False)
-    assert plateau.metrics["best_on_edge"] == []  # 0.1 and 1.0 tie: no warning
+    assert plateau.metrics.best_on_edge == []  # 0.1 and 1.0 tie: no warning
 
 
 def test_stored_test_split_is_the_test_set(tmp_path):
@@ -85,8 +85,8 @@ def test_stored_test_split_is_the_test_set(tmp_path):
     make_images(data, per_class=4, split="test", seed=2, size=(64, 64))
     featcache.extract(data, cache_dir=tmp_path / "c", **EXTRACT)
     run = featcache.fit(head="logreg", cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", cv=3, progress_bar=False)
-    assert run.params["split"]["test"] == "stored test split"
-    assert run.params["split"]["n_test"] == 8 and run.params["split"]["n_cv"] == 22  # train + val joined
+    assert run.params.split["test"] == "stored test split"
+    assert run.params.split["n_test"] == 8 and run.params.split["n_cv"] == 22  # train + val joined
     rows = (run.path / "test_predictions.csv").read_text().splitlines()[1:]
     assert len(rows) == 8 and all(r.startswith("test/") for r in rows)
 
@@ -99,7 +99,7 @@ def test_predict_end_to_end_equals_extract_plus_head(workspace, tmp_path):
     with featcache.open_features(fresh.id, tmp_path / "c2") as fs:
         X, paths = fs.load(np.float32), fs.paths
     labels, conf = scores(load_head(run.path / "head"), X)
-    names = run.params["class_names"]
+    names = run.params.class_names
     by_path = {p.path.split("new/", 1)[1]: p for p in predicted}
     assert len(by_path) == 6
     for rel, label, c in zip(paths, labels, conf):
@@ -118,7 +118,7 @@ def test_runs_table_sorts_and_report_compares(workspace, tmp_path):
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["RUN", "HEAD", "FEATURES"] and len(lines) == 3
     best_first = [line.split()[1] for line in lines[1:]]
-    expected = [r.params["head"] for r in sorted([a, b], key=lambda r: -r.metrics["best_cv_mean"])]
+    expected = [r.params.head for r in sorted([a, b], key=lambda r: -r.metrics.best_cv_mean)]
     assert best_first == expected
     as_json = json.loads(run_cli("runs", "--runs-dir", tmp_path / "runs", "--json", "--sort", "time").stdout)
     assert [r["fit_seconds"] for r in as_json] == sorted(r["fit_seconds"] for r in as_json)
@@ -182,7 +182,7 @@ def test_fit_refuses_a_stale_feature_set_with_the_refresh_command(tmp_path):
     assert f"featcache extract --data {data} --model resnet18 --weights none --image-size 64" in r.stderr
     assert "--allow-stale" in r.stderr
     forced = featcache.fit(cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", cv=3, allow_stale=True, progress_bar=False)
-    assert forced.metrics["test"]["n"] > 0
+    assert forced.metrics.test.n > 0
 
 
 def test_fit_and_report_stop_on_a_corrupted_feature_set(workspace, tmp_path):

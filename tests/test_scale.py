@@ -91,10 +91,10 @@ def test_ray_grid_search_gives_the_same_scores_as_local(data, tmp_path, ray_clus
     common = dict(head="logreg", params={"C": [0.1, 1.0, 10.0]}, cv=3, cache_dir=tmp_path / "c", progress_bar=False)
     local = featcache.fit(runs_dir=tmp_path / "local", **common)
     remote = featcache.fit(runs_dir=tmp_path / "ray", backend="ray", n_jobs=2, **common)
-    a, b = local.metrics["cv_results"], remote.metrics["cv_results"]
+    a, b = local.metrics.cv_results, remote.metrics.cv_results
     for k in range(3):
         assert a[f"split{k}_test_score"] == b[f"split{k}_test_score"]
-    assert local.metrics["best_params"] == remote.metrics["best_params"]
+    assert local.metrics.best_params == remote.metrics.best_params
     assert local.test_accuracy == remote.test_accuracy
 
 

@@ -40,7 +40,7 @@ def test_feature_sets_runs_and_heads_load_without_unpickling(tmp_path, monkeypat
     monkeypatch.setattr(np, "load", lambda *a, **k: refuse() if k.get("allow_pickle") else np.lib.npyio.load(*a, **k))
     with featcache.open_features(result.id, tmp_path / "c") as fs:
         assert fs.load().shape[0] == 12 and fs.meta["model"] == "resnet18"
-    assert load_run(run.path).params["head"] == "logreg"
+    assert load_run(run.path).params.head == "logreg"
     assert load_head(run.path / "head").predict(np.zeros((1, 512, 1, 1), np.float32)).shape == (1,)
     predictions = featcache.predict([data / "cats"], run.path, cache_dir=tmp_path / "c", progress_bar=False)
     assert len(predictions) == 6
