@@ -127,7 +127,8 @@ class Forward:
             self.model = torch.compile(model, dynamic=False)
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def __call__(self, batch: torch.Tensor, ready: torch.cuda.Event | None = None) -> np.ndarray:
+        """``ready``: the event a batch decoded on the device is complete at (one stream here: ordered already)."""
         n = len(batch)
         if self.compile_batch and n < self.compile_batch:
             batch = torch.cat([batch, batch.new_zeros((self.compile_batch - n,) + tuple(batch.shape[1:]))])
@@ -159,23 +160,51 @@ def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
     return out
 
 
-def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
-        options: EngineOptions, decode: Decode, dtype: str, progress) -> int:
-    """Extract ``indices`` (aligned with absolute ``files``) batch by batch into ``staging``."""
-    if not indices:
-        return 0
-    spec = forward.spec
-    dataset = ImageRows(files, indices, Transform(spec.backbone.preprocess, decode), known_bad)
+def batches(files: list[str], indices: list[int], known_bad: dict[int, str], preprocess, decode: Decode,
+            options: EngineOptions):
+    """(entry indices, uint8 batch or None, ready event or None, bad rows) in manifest order.
+
+    With ``decode.decoder == "cpu"`` the batch is the workers' stacked crops (pinned on CUDA); with
+    "gpu" it is already on the device, decoded there by the main process, and ``ready`` (CUDA) is
+    the event the forward stream waits for.
+    """
+    from . import jpeg
+
+    decoder = None
+    if decode.decoder == "gpu":
+        dataset = jpeg.JpegRows(files, indices, preprocess, known_bad)
+        collate_fn = jpeg.collate
+        decoder = jpeg.DeviceDecoder(preprocess, options.device)
+    else:
+        dataset = ImageRows(files, indices, Transform(preprocess, decode), known_bad)
+        collate_fn = collate
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=options.workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=options.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
     )
+    for batch_indices, batch, bad in loader:
+        ready = None
+        if decoder is not None and batch is not None:
+            batch_indices, batch, more = decoder(batch_indices, batch)
+            bad = sorted(bad + more)
+            if batch is not None and batch.is_cuda:
+                ready = torch.cuda.Event()
+                ready.record()
+        yield batch_indices, batch, ready, bad
+
+
+def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[int, str], staging,
+        options: EngineOptions, decode: Decode, dtype: str, progress) -> int:
+    """Extract ``indices`` (aligned with absolute ``files``) batch by batch into ``staging``."""
+    if not indices:
+        return 0
+    loader = batches(files, indices, known_bad, forward.spec.backbone.preprocess, decode, options)
     path_of = dict(zip(indices, files))
     pending: deque = deque()  # (indices, future or None, bad), committed in loader order
     done = 0
@@ -196,11 +225,11 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
         torch.set_num_threads(max(1, usable_cores() // streams))
     try:
         with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
-            for batch_indices, batch, bad in loader:
+            for batch_indices, batch, ready, bad in loader:
                 if bad and options.on_error == "fail":
                     index, reason = bad[0]
                     raise ImageDecodeError(f"cannot use {display(path_of[index])}: {reason} (use --on-error skip to skip bad files)")
-                pending.append((batch_indices, pool.submit(forward, batch) if batch is not None else None, bad))
+                pending.append((batch_indices, pool.submit(forward, batch, ready) if batch is not None else None, bad))
                 while len(pending) > streams:
                     commit_oldest()
             while pending:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import backbones, cache, config, fingerprint, progress
 from .errors import CacheError, FeatcacheError
-from .images import Decode
+from .images import DECODERS, Decode
 from .manifest import Manifest, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, write_isolated
@@ -99,13 +99,19 @@ def extract(
     engine: str = "local",
     ray_address: str | None = None,
     draft: bool = True,
+    decode: str = "cpu",
     lock_timeout: float = -1,
     incremental: bool = True,
     compile: bool = False,
     streams: int | str = "auto",
     progress_bar: bool = True,
 ) -> ExtractResult:
-    """Extract features of every image under ``data`` into the cache and return where they are."""
+    """Extract features of every image under ``data`` into the cache and return where they are.
+
+    ``decode``: "cpu" decodes in the DataLoader workers with Pillow (``draft`` applies); "gpu" decodes
+    JPEGs as batches on ``device`` with torchvision (meant for CUDA; it runs on the CPU too, slower),
+    always at full size. The two give slightly different pixels, hence different feature-set ids.
+    """
     started = time.perf_counter()
     if dtype not in DTYPES:
         raise FeatcacheError(f"unknown dtype {dtype!r}: use float16 or float32")
@@ -115,6 +121,10 @@ def extract(
         raise FeatcacheError(f"streams={streams!r}: use a whole number >= 1, or auto")
     if engine not in ENGINES:
         raise FeatcacheError(f"unknown engine {engine!r}: use local or ray")
+    if decode not in DECODERS:
+        raise FeatcacheError(f"unknown decode {decode!r}: use cpu or gpu")
+    if decode == "gpu" and engine == "ray":
+        raise FeatcacheError("--decode gpu runs in the local engine only: drop --engine ray, or use --decode cpu with it")
     shard = parse_shard(shard)
     root = ensure_writable(config.cache_dir(cache_dir))
     manifest = scan(data)
@@ -126,8 +136,8 @@ def extract(
 
     dev = local.resolve_device(device)
     prec = local.resolve_precision(precision, dev)
-    decode = Decode(draft=draft)
-    key = fingerprint.config_key(spec, decode, dtype, prec)
+    decoding = Decode(draft=draft and decode == "cpu", decoder=decode)  # the gpu decoder has no draft mode
+    key = fingerprint.config_key(spec, decoding, dtype, prec)
     fsid = fingerprint.feature_set_id(key, manifest.sha256)
     name = cache.file_stem(fsid, shard)
     final = root / f"{name}.h5"
@@ -174,6 +184,10 @@ def extract(
                                       compile=compile, streams=n_streams)
 
         t0 = time.perf_counter()
+        if todo and decode == "gpu":
+            from . import jpeg
+
+            jpeg.check_available(dev)
         # The model is built before the bar starts, so missing weights fail before any progress shows.
         forward = local.Forward(spec, dev, prec, options.channels_last, bs if compile else None) if todo else None
         bar = progress.bar(len(todo), f"extract {model}", progress_bar)
@@ -182,16 +196,16 @@ def extract(
                 from . import ray_engine
 
                 del forward  # the actors hold the replicas; building one here checked the weights
-                ray_engine.run(spec, files, todo, known_bad, staging, options, decode, dtype, bar, ray_address)
+                ray_engine.run(spec, files, todo, known_bad, staging, options, decoding, dtype, bar, ray_address)
             elif todo:
-                local.run(forward, files, todo, known_bad, staging, options, decode, dtype, bar)
+                local.run(forward, files, todo, known_bad, staging, options, decoding, dtype, bar)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
         args = {
             "data": str(data), "model": model, "weights": spec.backbone.weights.path or weights, "layer": layer,
             "pool": pool, "image_size": image_size, "dtype": dtype, "precision": precision, "draft": draft,
-            "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile, "streams": n_streams,
+            "decode": decode, "cache_dir": str(cache_dir) if cache_dir else None, "compile": compile, "streams": n_streams,
         }
         attrs = _attrs(fsid, key, spec, manifest, prec, dev, bs, shard, (lo, hi), args, seconds, len(todo), torch)
         write_isolated(final, attrs, manifest, staging, spec.feature_shape, dtype)

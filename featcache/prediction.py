@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backbones, cache, config, progress
 from .errors import CacheError, FeatcacheError, RunError
-from .images import Decode, ImageRows, Transform, collate
+from .images import Decode
 from .manifest import IMAGE_EXTENSIONS, _walk_files, display
 from .runs import load_run
 from .store import FeatureSet, verify
@@ -72,8 +72,6 @@ def feature_set_of(run, cache_dir=None) -> Path:
 
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
-    import torch
-
     from classifiers import scores
 
     from . import engine
@@ -91,22 +89,30 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     if precision != "fp32" and dev.type != "cuda":
         progress.say(f"note: features were made with {precision} on a GPU; predicting in fp32 on {dev}", progress_bar)
         precision = "fp32"
-    decode = Decode(**{k: v for k, v in meta["decode"].items() if k == "draft"})
+    try:
+        decode = Decode.from_key(meta["decode"])
+    except ValueError as err:
+        raise RunError(f"the features of run {run.name} were decoded in a way this version does not know ({err}): "
+                       "re-extract and fit again with this version") from None
     files = collect(inputs)
     head = run.head()
     forward = engine.Forward(spec, dev, precision)
     bs = int(batch_size) if str(batch_size) != "auto" else engine.auto_batch_size(spec, dev)
-    rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
-    loader = torch.utils.data.DataLoader(
-        rows, batch_size=bs, collate_fn=collate, num_workers=int(workers) if str(workers) != "auto" else engine.auto_workers(dev))
+    workers_n = int(workers) if str(workers) != "auto" else engine.auto_workers(dev)
+    options = engine.EngineOptions(batch_size=bs, workers=workers_n, device=dev, precision=precision)
+    if decode.decoder == "gpu":
+        from . import jpeg
+
+        jpeg.check_available(dev)
+    loader = engine.batches(files, list(range(len(files))), {}, spec.backbone.preprocess, decode, options)
     names = run.params["class_names"]
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)
-    for index, batch, bad in loader:
+    for index, batch, ready, bad in loader:
         for i, reason in bad:
             results[i] = Prediction(files[i], None, None, reason)
         if batch is not None:
-            feats = engine.to_storage(forward(batch), meta["dtype"], files[int(index[0])]).astype(np.float32)
+            feats = engine.to_storage(forward(batch, ready), meta["dtype"], files[int(index[0])]).astype(np.float32)
             labels, confidence = scores(head, feats)
             for i, label, c in zip(index.tolist(), labels, confidence):
                 results[i] = Prediction(files[i], names[int(label)], float(c))
