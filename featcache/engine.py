@@ -136,6 +136,8 @@ class Forward:
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor, ready: torch.cuda.Event | None = None) -> np.ndarray:
         stream = self._stream()
+        if stream is not None and ready is None and batch.is_cuda:  # made on this thread's stream: wait for it
+            ready = torch.cuda.current_stream(self.device).record_event()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             if ready is not None and stream is not None:
                 stream.wait_event(ready)
