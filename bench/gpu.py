@@ -65,6 +65,8 @@ class Bench:
         self.args = args
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + args.budget
+        self.reserve = 0.0  # seconds kept for the sections after the current one
+        self.calibration: list[float] = []  # actual / estimated seconds of the extract calls so far
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.r = {"meta": {}, "settings": {}, "sections": {}, "data": {}, "forward": {}, "decode": {},
@@ -74,9 +76,10 @@ class Bench:
         return self.deadline - time.perf_counter()
 
     def fits(self, estimate: float, what: str) -> bool:
-        if self.left() >= estimate:
+        if self.left() - self.reserve >= estimate:
             return True
-        self.note(f"skipped {what}: {self.left():.0f} s left of the budget, needs ~{estimate:.0f} s")
+        self.note(f"skipped {what}: {self.left():.0f} s left of the budget ({self.reserve:.0f} s kept for later sections), "
+                  f"needs ~{estimate:.0f} s")
         return False
 
     def note(self, text: str) -> None:
@@ -379,7 +382,11 @@ def estimate(n: int, model: str, kw: dict, bench: Bench, dev) -> float:
         decode = max(1, workers) * per_core
     shape = bench.r["forward"].get(model, {}).get("feature_shape") or [2048, 7, 7]
     assemble = n * int(np.prod(shape)) * 2 / 120e6
-    return 8 + n / min(fwd, decode) + assemble
+    guess = 8 + n / min(fwd, decode) + assemble
+    if kw.get("_raw") or not bench.calibration:
+        return guess
+    factor = float(np.median(bench.calibration))  # learnt from the calls so far, with a margin
+    return guess * min(3.0, max(0.3, 1.25 * factor))
 
 
 def extract_run(bench: Bench, args, dev, data: Path, size: str, model: str, variant: str, kw: dict) -> dict | None:
@@ -387,6 +394,7 @@ def extract_run(bench: Bench, args, dev, data: Path, size: str, model: str, vari
     n = len(list(data.rglob("*.jpg")))
     if not bench.fits(estimate(n, model, {**kw, "_size": size}, bench, dev), f"extract {model} {size} {variant}"):
         return None
+    guess = estimate(n, model, {**kw, "_size": size, "_raw": True}, bench, dev)
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=args.data_root))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -420,6 +428,7 @@ def extract_run(bench: Bench, args, dev, data: Path, size: str, model: str, vari
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else None,
     }
     bench.r["extract"].append(row)
+    bench.calibration.append(wall / guess)
     C.say(f"  {model} {size} {variant}: steady {row['steady_img_s']} img/s, reported {row['reported_img_s']}, "
           f"whole call {row['whole_call_img_s']} ({row['wall_s']} s); steady/forward {row['steady_vs_forward']}")
     bench.write()
@@ -623,7 +632,7 @@ def parse_args(argv=None):
         image_size=64 if tiny else None, tuned_workers=1 if tiny else max(1, cores - 1),
         n_other_small=8 if tiny else 3000, n_other_large=4 if tiny else 1000,
         n_naive_small=6 if tiny else 1000, n_naive_large=4 if tiny else 200, n_agree=6 if tiny else 256,
-        decode_images=8 if tiny else 512, decode_batch=4 if tiny else 128,
+        decode_images=8 if tiny else 512, decode_batch=4 if tiny else 128, reserve=0 if tiny else 50,
         data_root=args.data_root or ("/tmp/featcache-gpu-bench-tiny" if tiny else "/tmp/featcache-gpu-bench"),
     )
     for k, v in defaults.items():
@@ -659,8 +668,10 @@ def main(argv=None) -> int:
         with bench.section("decode"):
             section_decode(bench, args, dev, data, args.models[0])
     if "extract" in sections:
+        bench.reserve = args.reserve if {"agreement", "naive"} & set(sections) else 0.0
         with bench.section("extract"):
             section_extract(bench, args, dev, data, args.models)
+        bench.reserve = 0.0
     agree_model = "efficientnet_lite0" if "efficientnet_lite0" in args.models else args.models[0]
     if "agreement" in sections:
         with bench.section("agreement"):
