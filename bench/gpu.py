@@ -313,19 +313,23 @@ def section_decode(bench: Bench, args, dev, data: dict[str, Path], model: str) -
         # the device decoder on in-memory JPEG batches (what the main process does per batch)
         rows = jpeg.JpegRows(files, list(range(len(files))), pre)
         items = [rows[i] for i in range(len(files))]
-        decoder = jpeg.DeviceDecoder(pre, dev)
         bs = min(args.decode_batch, len(items))
-        batches = [jpeg.collate(items[s:s + bs]) for s in range(0, len(items), bs)]
-        if dev.type == "cuda":
-            batches = [(i, b.pin_memory(), bad) for i, b, bad in batches]
-        decoder(*batches[0][:2])  # warm-up (nvjpeg handles, kernels)
-        sync(dev)
-        t = time.perf_counter()
-        for indices, batch, _ in batches:
-            decoder(indices, batch)
-        sync(dev)
-        rec["device_decode_img_s"] = rnd(len(items) / (time.perf_counter() - t))
         rec["device_decode_batch"] = bs
+        try:
+            decoder = jpeg.DeviceDecoder(pre, dev)
+            batches = [jpeg.collate(items[s:s + bs]) for s in range(0, len(items), bs)]
+            if dev.type == "cuda":
+                batches = [(i, b.pin_memory(), bad) for i, b, bad in batches]
+            decoder(*batches[0][:2])  # warm-up (nvjpeg handles, kernels)
+            sync(dev)
+            t = time.perf_counter()
+            for indices, batch, _ in batches:
+                decoder(indices, batch)
+            sync(dev)
+            rec["device_decode_img_s"] = rnd(len(items) / (time.perf_counter() - t))
+        except Exception as err:  # keep the CPU figures below even if the device decoder is broken here
+            rec["device_decode_error"] = f"{type(err).__name__}: {err}"[:300]
+            C.say(f"  device decoder failed: {rec['device_decode_error']}")
         # the workers' share with --decode gpu: read + header only, per core
         t = time.perf_counter()
         for i in range(len(files)):
@@ -339,7 +343,7 @@ def section_decode(bench: Bench, args, dev, data: dict[str, Path], model: str) -
             for f in files[:k]:
                 transform(f)
             rec[label] = rnd((time.perf_counter() - t) / k * 1000, 2)
-        C.say(f"  {name}: device decode {rec['device_decode_img_s']} img/s (batch {bs}); per core: worker read "
+        C.say(f"  {name}: device decode {rec.get('device_decode_img_s')} img/s (batch {bs}); per core: worker read "
               f"{rec['worker_read_ms']} ms, Pillow draft {rec['cpu_draft_ms']} ms, full {rec['cpu_full_ms']} ms")
         bench.write()
 
