@@ -1,5 +1,8 @@
 """The local batched extraction engine: DataLoader workers decode, one process runs the backbone.
 
+(With ``--decode gpu`` the workers only read the files and the main process decodes each batch's
+JPEGs on the device: featcache/jpeg.py.)
+
 Workers ship uint8 crops; normalisation, the forward pass (``inference_mode``, optional autocast
 and channels_last) and the cast to the storage dtype happen per batch in the main process, and
 batches are committed to staging in order with at most ``streams`` of them in flight, so memory
