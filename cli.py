@@ -106,14 +106,18 @@ def main(debug: bool) -> None:
 @click.option("--shard", default=None, metavar="I/N", help="Extract only slice I of N (I from 0); join with `featcache cache merge`.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run on this machine or on a Ray cluster.")
 @click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray) [default: start a local Ray].")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no libjpeg draft downscaling).")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no libjpeg draft downscaling; CPU decoder).")
+@click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="cpu: Pillow in the worker processes. gpu: JPEGs decoded in batches on --device by torchvision "
+                   "(nvjpeg), resized and cropped there; meant for CUDA (runs on a CPU too, slower); other files "
+                   "are decoded on the CPU. A different feature set.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the backbone: faster for large jobs after a 10-30 s compile.")
 @click.option("--lock-timeout", type=float, default=-1, show_default=True, help="Seconds to wait for another process extracting the same set (-1 = forever, 0 = fail at once).")
 @CACHE_DIR
 @QUIET
 @JSON
 def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
-            shard, engine, ray_address, no_draft, compile_model, lock_timeout, cache_dir, quiet, as_json):
+            shard, engine, ray_address, no_draft, decode, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
     from featcache.extract_config import ExtractConfig
     from featcache.extraction import extract as run_extract
@@ -122,7 +126,7 @@ def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, wo
     cfg = ExtractConfig(
         data=data, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
         batch_size=batch_size, workers=workers, streams=streams, device=device, precision=precision, cache_dir=cache_dir,
-        on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft,
+        on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft, decode=decode,
         lock_timeout=lock_timeout, compile=compile_model,
     )
     result = run_extract(cfg, progress_bar=not quiet)

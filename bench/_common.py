@@ -50,11 +50,10 @@ def synthetic(n: int, size: tuple[int, int] = (500, 375), seed: int = 0, classes
     """``n`` JPEGs of about ``size`` with random smooth content, in ImageFolder layout.
 
     Generated once into bench/out/data/ (gitignored) and reused; a marker file says it is complete.
-    Content: a bicubic-upsampled random 6x5 colour field plus a few soft blobs and mild noise, so
-    JPEG sizes (~25-40 KB) and decode cost resemble photos rather than flat colour.
+    Content: see ``photo_like``. One random stream for the whole set (the figures in RESULTS.md were
+    measured on exactly these images); ``synthetic_parallel`` makes a set of the same kind on many cores.
     """
     import numpy as np
-    from PIL import Image, ImageFilter
 
     root = out_dir() / "data" / f"synthetic-{n}-{size[0]}x{size[1]}-s{seed}"
     marker = root / ".complete"
@@ -66,25 +65,67 @@ def synthetic(n: int, size: tuple[int, int] = (500, 375), seed: int = 0, classes
     for c in range(classes):
         (root / f"class{c}").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        w = int(size[0] * rng.uniform(0.9, 1.1))
-        h = int(size[1] * rng.uniform(0.9, 1.1))
-        if rng.random() < 0.2:  # some portrait images
-            w, h = h, w
-        # the smooth part at 1/8 scale (cheap), upsampled by Pillow, then mild full-resolution noise
-        sh, sw = max(h // 8, 2), max(w // 8, 2)
-        coarse = Image.fromarray(rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8), "RGB").resize((sw, sh), Image.BICUBIC)
-        arr = np.asarray(coarse).astype(np.float32)
-        yy, xx = np.mgrid[0:sh, 0:sw]
-        for _ in range(3):
-            cy, cx, r = rng.uniform(0, sh), rng.uniform(0, sw), rng.uniform(2.5, 15)
-            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-            arr += blob[..., None] * rng.integers(-120, 120, size=3)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").resize((w, h), Image.BICUBIC)
-        noisy = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, size=(h, w, 3), dtype=np.int16)
-        img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.SMOOTH)
-        img.save(root / f"class{i % classes}" / f"img{i:05d}.jpg", quality=90)
+        photo_like(rng, size).save(root / f"class{i % classes}" / f"img{i:05d}.jpg", quality=90)
     marker.write_text(f"{n} images generated in {time.perf_counter() - t0:.1f}s\n")
     return root
+
+
+def photo_like(rng, size: tuple[int, int]):
+    """One RGB image of about ``size`` (+-10%, 20% portrait) that JPEG-compresses and decodes like a photo.
+
+    A bicubic-upsampled random 6x5 colour field plus a few soft blobs and mild noise, so JPEG sizes
+    (~25-40 KB at 500x375, quality 90) and decode cost resemble photos rather than flat colour.
+    """
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    w = int(size[0] * rng.uniform(0.9, 1.1))
+    h = int(size[1] * rng.uniform(0.9, 1.1))
+    if rng.random() < 0.2:  # some portrait images
+        w, h = h, w
+    # the smooth part at 1/8 scale (cheap), upsampled by Pillow, then mild full-resolution noise
+    sh, sw = max(h // 8, 2), max(w // 8, 2)
+    coarse = Image.fromarray(rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8), "RGB").resize((sw, sh), Image.BICUBIC)
+    arr = np.asarray(coarse).astype(np.float32)
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0, sh), rng.uniform(0, sw), rng.uniform(2.5, 15)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        arr += blob[..., None] * rng.integers(-120, 120, size=3)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").resize((w, h), Image.BICUBIC)
+    noisy = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, size=(h, w, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.SMOOTH)
+
+
+def synthetic_parallel(root: Path, n: int, size: tuple[int, int], seed: int = 0, classes: int = 2,
+                       processes: int | None = None) -> Path:
+    """Like ``synthetic`` but into ``root``, image i from its own random stream, on ``processes`` cores.
+
+    Reused when ``root`` holds a complete set with the same recipe (a marker file says so).
+    """
+    import multiprocessing
+
+    root = Path(root)
+    marker = root / ".complete"
+    recipe = f"{n} x {size[0]}x{size[1]} seed {seed} classes {classes}"
+    if marker.exists() and marker.read_text().startswith(recipe):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(root / f"class{i % classes}" / f"img{i:05d}.jpg", size, seed, i) for i in range(n)]
+    with multiprocessing.get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
+        pool.map(_one_photo, jobs, chunksize=max(1, n // (8 * (processes or os.cpu_count() or 1))))
+    marker.write_text(f"{recipe}: generated in {time.perf_counter() - t0:.1f}s\n")
+    return root
+
+
+def _one_photo(job) -> None:
+    import numpy as np
+
+    path, size, seed, i = job
+    photo_like(np.random.default_rng([seed, i]), size).save(path, quality=90)
 
 
 def subset(root: Path, n: int) -> Path:

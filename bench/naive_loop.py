@@ -47,10 +47,14 @@ def naive_extract(
     batch_size: int = BATCH,
     limit: int | None = None,
     files: list[str] | None = None,
+    device: str = "cpu",
+    image_size: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Features of every image under ``data`` (float32, in manifest order) and the seconds it took.
 
     The time covers building the model and the loop (what featcache's ``images_per_second`` covers).
+    ``device="cuda"``: the seed's GPU variant: ``model.cuda()``, each batch ``.cuda()``, fp32,
+    ``.cpu().numpy()`` per batch.
     """
     from torchvision import transforms
 
@@ -59,10 +63,10 @@ def naive_extract(
     files = files if files is not None else image_files(data)
     if limit is not None:
         files = files[:limit]
-    spec = backbones.resolve(model, weights=weights, layer=layer, pool=pool)
+    spec = backbones.resolve(model, weights=weights, layer=layer, pool=pool, image_size=image_size)
     p = spec.backbone.preprocess
     t0 = time.perf_counter()
-    net = backbones.build(spec)
+    net = backbones.build(spec).to(device)
     tf = transforms.Compose([
         transforms.Resize(p.resize_size, interpolation=transforms.InterpolationMode(p.interpolation)),
         transforms.CenterCrop(p.crop_size),
@@ -76,7 +80,7 @@ def naive_extract(
             img = Image.open(path).convert("RGB")
             batch.append(tf(img))
             if len(batch) == batch_size or i == len(files) - 1:
-                out = net(torch.stack(batch)).numpy()
+                out = net(torch.stack(batch).to(device)).cpu().numpy()
                 features = np.concatenate([features, out])  # the seed's growing array
                 batch = []
     return features, time.perf_counter() - t0

@@ -1,5 +1,8 @@
 """The local batched extraction engine: DataLoader workers decode, one process runs the backbone.
 
+(With ``--decode gpu`` the workers only read the files and the main process decodes each batch's
+JPEGs on the device: featcache/jpeg.py.)
+
 Workers ship uint8 crops; normalisation, the forward pass (``inference_mode``, optional autocast
 and channels_last) and the cast to the storage dtype happen per batch in the main process, and
 batches are committed to staging in order with at most ``streams`` of them in flight, so memory
@@ -15,6 +18,7 @@ two independent batches do: end to end on 2 cores, 2 streams x 1 thread ran effi
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -95,10 +99,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class Forward:
-    """The backbone on a device, turning uint8 batches into float32 numpy features.
+    """The backbone on a device, turning uint8 batches into float numpy features.
 
     ``compile_batch``: compile the model with torch.compile for batches of exactly this size (a
     short last batch is padded, so nothing recompiles); if compiling fails, run eagerly.
+
+    On CUDA each calling thread runs on its own CUDA stream (so one batch's copies overlap another's
+    compute, and a batch decoded on the device by the main thread overlaps the forward pass; ``ready``
+    is the event that batch is complete at) and features come back through pinned memory in the
+    dtype the network produced (float16 under fp16 autocast: half the bytes; float32 otherwise).
     """
 
     def __init__(self, spec: ExtractorSpec, device: torch.device, precision: str, channels_last: bool = True,
@@ -113,6 +122,7 @@ class Forward:
         self.compile_error: str | None = None  # why compiling failed, once it has
         if compile_batch:
             self.model = torch.compile(model, dynamic=False)
+        self._local = threading.local()
 
     @property
     def is_compiled(self) -> bool:
@@ -120,18 +130,41 @@ class Forward:
         return self.model is not self.eager
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        n = len(batch)
-        if self.compile_batch and n < self.compile_batch:
-            batch = torch.cat([batch, batch.new_zeros((self.compile_batch - n,) + tuple(batch.shape[1:]))])
-        x = batch.to(self.device, non_blocking=True)
-        x = normalize(x, self.spec.backbone.preprocess)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            y = self._run(x)
-        return y[:n].float().contiguous().cpu().numpy()
+    def __call__(self, batch: torch.Tensor, ready: torch.cuda.Event | None = None) -> np.ndarray:
+        stream = self._stream()
+        if stream is not None and ready is None and batch.is_cuda:  # made on this thread's stream: wait for it
+            ready = torch.cuda.current_stream(self.device).record_event()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if ready is not None and stream is not None:
+                stream.wait_event(ready)
+            n = len(batch)
+            if self.compile_batch and n < self.compile_batch:
+                batch = torch.cat([batch, batch.new_zeros((self.compile_batch - n,) + tuple(batch.shape[1:]))])
+            x = batch.to(self.device, non_blocking=True)
+            x = normalize(x, self.spec.backbone.preprocess)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            dtype = PRECISIONS[self.precision]
+            with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                y = self._run(x)
+            y = y[:n]
+            if y.dtype not in (torch.float16, torch.float32):  # bfloat16 has no NumPy dtype
+                y = y.float()
+            y = y.contiguous()
+            if stream is None:
+                return y.cpu().numpy()
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+            stream.synchronize()
+            return host.numpy()
+
+    def _stream(self):
+        if self.device.type != "cuda":
+            return None
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        return stream
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.model is self.eager:
@@ -153,22 +186,51 @@ def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
     return out
 
 
-def run(job: Job, forward: Forward, progress) -> int:
-    """Extract ``job.indices`` batch by batch into ``job.staging``, in order."""
-    if not job.indices:
-        return 0
-    options = job.options
-    dataset = ImageRows(job.files, job.indices, Transform(job.spec.backbone.preprocess, job.decode), job.known_bad)
+def batches(files: list[str], indices: list[int], known_bad: dict[int, str], preprocess, decode: Decode,
+            options: EngineOptions):
+    """(entry indices, uint8 batch or None, ready event or None, bad rows) in manifest order.
+
+    With ``decode.decoder == "cpu"`` the batch is the workers' stacked crops (pinned on CUDA); with
+    "gpu" it is already on the device, decoded there by the main process, and ``ready`` (CUDA) is
+    the event the forward stream waits for.
+    """
+    from . import jpeg
+
+    decoder = None
+    if decode.decoder == "gpu":
+        dataset = jpeg.JpegRows(files, indices, preprocess, known_bad)
+        collate_fn = jpeg.collate
+        decoder = jpeg.DeviceDecoder(preprocess, options.device)
+    else:
+        dataset = ImageRows(files, indices, Transform(preprocess, decode), known_bad)
+        collate_fn = collate
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=options.workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=options.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
     )
+    for batch_indices, batch, bad in loader:
+        ready = None
+        if decoder is not None and batch is not None:
+            batch_indices, batch, more = decoder(batch_indices, batch)
+            bad = sorted(bad + more)
+            if batch is not None and batch.is_cuda:
+                ready = torch.cuda.Event()
+                ready.record()
+        yield batch_indices, batch, ready, bad
+
+
+def run(job: Job, forward: Forward, progress) -> int:
+    """Extract ``job.indices`` batch by batch into ``job.staging``, in order."""
+    if not job.indices:
+        return 0
+    options = job.options
+    loader = batches(job.files, job.indices, job.known_bad, job.spec.backbone.preprocess, job.decode, options)
     path_of = dict(zip(job.indices, job.files))
     pending: deque = deque()  # (indices, future or None, bad), committed in loader order
     done = 0
@@ -189,9 +251,9 @@ def run(job: Job, forward: Forward, progress) -> int:
         torch.set_num_threads(max(1, usable_cores() // streams))
     try:
         with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
-            for batch_indices, batch, bad in loader:
+            for batch_indices, batch, ready, bad in loader:
                 job.refuse(bad)
-                pending.append((batch_indices, pool.submit(forward, batch) if batch is not None else None, bad))
+                pending.append((batch_indices, pool.submit(forward, batch, ready) if batch is not None else None, bad))
                 while len(pending) > streams:
                     commit_oldest()
             while pending:

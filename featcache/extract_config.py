@@ -28,7 +28,8 @@ AUTO = "auto"
 
 # The settings that change the feature numbers (they enter the feature-set id through the resolved
 # extractor, decode, dtype and precision); the rest change where, how fast or how robustly.
-IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft")
+IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft", "decode")
+DECODERS = ("cpu", "gpu")
 
 
 def count_or_auto(value, flag: str, minimum: int) -> int | str:
@@ -72,7 +73,8 @@ class ExtractConfig:
     image_size: int | None = None
     dtype: str = "float16"
     precision: str = AUTO  # auto = fp16 autocast on CUDA, fp32 on CPU
-    draft: bool = True  # libjpeg draft decoding of large JPEGs
+    draft: bool = True  # libjpeg draft decoding of large JPEGs (the cpu decoder only)
+    decode: str = "cpu"  # cpu: Pillow in the workers; gpu: JPEG batches decoded on the device (featcache/jpeg.py)
     # speed only: never part of the id
     batch_size: int | str = AUTO
     workers: int | str = AUTO
@@ -102,6 +104,10 @@ class ExtractConfig:
             raise FeatcacheError(f"unknown --on-error {self.on_error!r}: use skip or fail")
         if self.engine not in ENGINES:
             raise FeatcacheError(f"unknown engine {self.engine!r}: use local or ray")
+        if self.decode not in DECODERS:
+            raise FeatcacheError(f"unknown decode {self.decode!r}: use cpu or gpu")
+        if self.decode == "gpu" and self.engine == "ray":
+            raise FeatcacheError("--decode gpu runs in the local engine only: drop --engine ray, or use --decode cpu with it")
         if self.image_size is not None:
             set_("image_size", int(self.image_size))
         set_("batch_size", count_or_auto(self.batch_size, "--batch-size", 1))
@@ -147,10 +153,11 @@ class ExtractConfig:
         return backbones.resolve(self.model, weights=self.weights, layer=self.layer, pool=self.pool,
                                  image_size=self.image_size)
 
-    def decode(self):
+    def decoding(self):
+        """The ``Decode`` record (part of the id); the gpu decoder has no draft mode."""
         from .images import Decode
 
-        return Decode(draft=self.draft)
+        return Decode(draft=self.draft and self.decode == "cpu", decoder=self.decode)
 
     def command(self, precision: str | None = None) -> str:
         """The ``featcache extract`` command line that makes exactly this feature set.
@@ -167,8 +174,10 @@ class ExtractConfig:
         chosen = precision or self.precision
         if chosen != default.precision:
             parts += ["--precision", chosen]
-        if not self.draft:
+        if not self.draft and self.decode == "cpu":
             parts.append("--no-draft")
+        if self.decode != default.decode:
+            parts += ["--decode", self.decode]
         if self.cache_dir:
             parts += ["--cache-dir", shlex.quote(self.cache_dir)]
         return " ".join(parts)

@@ -154,7 +154,7 @@ def make_plan(cfg: ExtractConfig) -> Plan:
     manifest = scan(cfg.data)
     spec = cfg.resolve_spec()
     settings = resolve(cfg, spec)  # imports torch: after the cheap checks, so a bad argument fails fast
-    key = fingerprint.config_key(spec, cfg.decode(), cfg.dtype, settings.precision)
+    key = fingerprint.config_key(spec, cfg.decoding(), cfg.dtype, settings.precision)
     fsid = fingerprint.feature_set_id(key, manifest.sha256)
     return Plan(cfg, manifest, spec, settings, key, fsid, root, cache.file_stem(fsid, cfg.shard),
                 shard_range(len(manifest), cfg.shard))
@@ -192,8 +192,12 @@ def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
                                    on_error=cfg.on_error, compile=s.compile, streams=s.streams)
     job = engine.Job(spec=plan.spec, files=[str(manifest.root / manifest.paths[i]) for i in todo], indices=todo,
                      known_bad={i: r for i, r in manifest.unreadable.items() if lo <= i < hi}, staging=staging,
-                     options=options, decode=cfg.decode(), dtype=cfg.dtype)
+                     options=options, decode=cfg.decoding(), dtype=cfg.dtype)
     t0 = time.perf_counter()
+    if cfg.decode == "gpu":
+        from . import jpeg
+
+        jpeg.check_available(s.device)
     # The model is built before the bar starts, so missing weights fail before any progress shows.
     forward = engine.Forward(plan.spec, s.device, s.precision, options.channels_last, s.batch_size if s.compile else None)
     bar = progress.bar(len(todo), f"extract {cfg.model}", progress_bar)

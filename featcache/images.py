@@ -8,6 +8,7 @@ to 8 bits. Decoding errors never escape as exceptions from a worker: they come b
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,30 +19,72 @@ from .backbones.spec import Preprocess
 
 # Bump when decoding changes the pixels it produces: it is part of the feature-set id.
 DECODE_VERSION = 1
+DECODERS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
 class Decode:
-    """How files become pixels; ``draft`` lets libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale."""
+    """How files become pixels.
+
+    ``decoder="cpu"``: Pillow in the DataLoader workers, then Pillow's resize and crop; ``draft`` lets
+    libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale. ``decoder="gpu"``: the workers only read
+    the bytes and the main process decodes JPEGs as a batch with ``torchvision.io.decode_jpeg`` on
+    the extraction device, then resizes and crops the tensors there (featcache/jpeg.py); other files
+    take the CPU path at full size. It has no draft mode.
+    """
 
     draft: bool = True
+    decoder: str = "cpu"
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, not {self.decoder!r}")
+        if self.decoder == "gpu" and self.draft:
+            raise ValueError("the gpu decoder has no draft mode: use Decode(draft=False, decoder='gpu')")
 
     def key(self) -> dict:
-        return {"version": DECODE_VERSION, "draft": self.draft, "alpha": "over-white", "exif": True}
+        key = {"version": DECODE_VERSION, "draft": self.draft, "alpha": "over-white", "exif": True}
+        if self.decoder != "cpu":  # the CPU decoder's key predates this field: every existing id stays valid
+            key["decoder"] = "torchvision.io.decode_jpeg+tensor-resize"
+        return key
+
+    @classmethod
+    def from_key(cls, key: dict) -> "Decode":
+        """The record a stored ``key()`` was made from (prediction decodes new images the same way)."""
+        if key.get("version") != DECODE_VERSION:
+            raise ValueError(f"decode version {key.get('version')!r} is not {DECODE_VERSION}")
+        decoder = "gpu" if key.get("decoder") else "cpu"
+        decode = cls(draft=bool(key.get("draft", decoder == "cpu")), decoder=decoder)
+        if decode.key() != key:
+            raise ValueError(f"unknown decode settings {key!r}")
+        return decode
 
 
 class BadImage(Exception):
     """An image that cannot be used; ``str()`` is the reason shown to the user."""
 
 
-def open_rgb(path: str, min_size: int | None = None, draft: bool = True) -> Image.Image:
+def open_rgb(path, min_size: int | None = None, draft: bool = True) -> Image.Image:
+    """``path`` (a file name or a binary file object) as an RGB image, EXIF orientation applied."""
+    with pillow_errors():
+        img = Image.open(path)
+        if draft and min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        img.load()
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        pass
+    return to_rgb(img)
+
+
+@contextmanager
+def pillow_errors():
+    """Turn what Pillow and the file system raise for an unusable file into a ``BadImage`` reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if draft and min_size and img.format == "JPEG":
-                img.draft("RGB", (min_size, min_size))
-            img.load()
+            yield
     except Image.DecompressionBombWarning as err:
         raise BadImage(f"too large to decode safely ({_pixels(err)} > Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except Image.DecompressionBombError as err:
@@ -63,11 +106,6 @@ def open_rgb(path: str, min_size: int | None = None, draft: bool = True) -> Imag
         raise BadImage(f"cannot decode: {str(err)[:100]}") from None
     except (SyntaxError, ValueError, EOFError) as err:  # Pillow raises these for some corrupt files
         raise BadImage(f"corrupt image: {str(err)[:100]}") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block does not make the pixels unusable
-        pass
-    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -107,7 +145,8 @@ class Transform:
         self.decode = decode
         self.interpolation = InterpolationMode(preprocess.interpolation)
 
-    def __call__(self, path: str) -> torch.Tensor:
+    def __call__(self, path) -> torch.Tensor:
+        """``path``: a file name or a binary file object."""
         from torchvision.transforms.v2 import functional as F
 
         p = self.preprocess

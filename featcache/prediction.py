@@ -16,7 +16,6 @@ import numpy as np
 from . import cache, config, progress, tuning
 from .errors import CacheError, FeatcacheError, RunError
 from .extract_config import ExtractConfig, count_or_auto
-from .images import ImageRows, Transform, collate
 from .manifest import IMAGE_EXTENSIONS, _walk_files, display
 from .runs import load_run
 from .store import FeatureSet, verify
@@ -73,8 +72,6 @@ def feature_set_of(run, cache_dir=None) -> Path:
 
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
-    import torch
-
     from classifiers import scores
 
     from . import engine
@@ -83,7 +80,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     meta = run.params.features
     with FeatureSet(feature_set_of(run, cache_dir)) as fs:
         made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
-    spec, decode = made_with.resolve_spec(), made_with.decode()
+    spec, decode = made_with.resolve_spec(), made_with.decoding()
     if spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]:
         raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
                        "re-extract and fit again with this version")
@@ -98,17 +95,21 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     head = run.head()
     forward = engine.Forward(spec, dev, precision)
     bs = batch_size if batch_size != "auto" else tuning.batch_size(spec.backbone.arch, dev)
-    rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
-    loader = torch.utils.data.DataLoader(
-        rows, batch_size=bs, collate_fn=collate, num_workers=workers if workers != "auto" else tuning.workers(dev))
+    options = engine.EngineOptions(batch_size=bs, workers=workers if workers != "auto" else tuning.workers(dev),
+                                   device=dev, precision=precision)
+    if decode.decoder == "gpu":
+        from . import jpeg
+
+        jpeg.check_available(dev)
+    loader = engine.batches(files, list(range(len(files))), {}, spec.backbone.preprocess, decode, options)
     names = run.params.class_names
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)
-    for index, batch, bad in loader:
+    for index, batch, ready, bad in loader:
         for i, reason in bad:
             results[i] = Prediction(files[i], None, None, reason)
         if batch is not None:
-            feats = engine.to_storage(forward(batch), meta["dtype"], files[int(index[0])]).astype(np.float32)
+            feats = engine.to_storage(forward(batch, ready), meta["dtype"], files[int(index[0])]).astype(np.float32)
             labels, confidence = scores(head, feats)
             for i, label, c in zip(index.tolist(), labels, confidence):
                 results[i] = Prediction(files[i], names[int(label)], float(c))
