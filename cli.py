@@ -90,7 +90,8 @@ def main(debug: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------
 @main.command(short_help="Images -> a cached feature set.")
-@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/.")
+@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/; or images only (unlabelled).")
+@click.option("--labels", "labels", default=None, type=click.Path(dir_okay=False), metavar="FILE.csv", help="Labels from a CSV with columns path,label[,split] (paths relative to --data) instead of class folders.")
 @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="Backbone: a torchvision name, timm:NAME, or efficientnet_lite0 (built in, offline).")
 @click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
 @click.option("--layer", default=None, help="Graph node to cut at [default: the last feature map before pooling].")
@@ -116,7 +117,7 @@ def main(debug: bool) -> None:
 @CACHE_DIR
 @QUIET
 @JSON
-def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
+def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
             shard, engine, ray_address, no_draft, decode, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
     from featcache.extract_config import ExtractConfig
@@ -124,7 +125,7 @@ def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, wo
     from featcache.manifest import display
 
     cfg = ExtractConfig(
-        data=data, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
+        data=data, labels=labels, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
         batch_size=batch_size, workers=workers, streams=streams, device=device, precision=precision, cache_dir=cache_dir,
         on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft, decode=decode,
         lock_timeout=lock_timeout, compile=compile_model,
@@ -136,6 +137,9 @@ def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, wo
             click.echo(f"  {display(path)}: {reason}", err=True)
     if result.ignored and not quiet:
         click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
+    if result.unlisted and not quiet:
+        click.echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
+                   f"e.g. {display(result.unlisted[0])} (add rows for them to include them)", err=True)
     click.echo(json.dumps(result.to_dict()) if as_json else result.summary())
 
 
@@ -385,27 +389,33 @@ def report(targets, out, runs_dir):
 
 
 @main.command(short_help="Label new images with a run.")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--run", "run", default=None, type=click.Path(), help="Run directory made by `featcache fit` [default: the newest run].")
+@click.option("--features", "features", default=None, metavar="ID|PATH", help="Label the rows of a cached feature set made with the run's extractor (no backbone), instead of images.")
 @click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @CACHE_DIR
 @RUNS_DIR
 @QUIET
 @JSON
-def predict(inputs, run, batch_size, device, cache_dir, runs_dir, quiet, as_json):
-    """Label new images (files or folders) with a run's backbone and head."""
+def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quiet, as_json):
+    """Label new images (files or folders), or the rows of a cached feature set, with a run's head."""
     from featcache import config
-    from featcache.prediction import predict as run_predict
+    from featcache.prediction import predict as run_predict, predict_features
     from featcache.runs import latest
 
+    if bool(inputs) == bool(features):
+        raise click.UsageError("give images or folders to label, or --features ID, not both")
     if run is None:
         run = latest(config.runs_dir(runs_dir))
         if not quiet:
             click.echo(f"using run {run} (the newest)", err=True)
 
-    results = run_predict(inputs, run, batch_size=batch_size, device=device,
-                          cache_dir=cache_dir, progress_bar=not quiet)
+    if features:
+        results = predict_features(features, run, cache_dir=cache_dir)
+    else:
+        results = run_predict(inputs, run, batch_size=batch_size, device=device,
+                              cache_dir=cache_dir, progress_bar=not quiet)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results]))
         return

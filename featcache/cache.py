@@ -131,6 +131,23 @@ def newest_with_config(root: Path, config_id: str, data_root: str) -> Path | Non
     return max(same, key=lambda e: e.created).path if same else None
 
 
+def known_hashes(root: Path, data_root: str) -> dict[str, tuple[int, int, str]]:
+    """``{path: (size, mtime_ns, sha256)}`` recorded by complete feature sets of the folder ``data_root``
+    (newest first): a file another backbone's extraction already hashed is not read again."""
+    out: dict[str, tuple[int, int, str]] = {}
+    same = [e for e in entries(root) if e.state == "complete" and e.meta.get("data_root") == data_root]
+    for e in sorted(same, key=lambda e: e.created, reverse=True):
+        try:
+            with FeatureSet(e.path) as fs:
+                m = fs.manifest()
+        except (CacheError, OSError, KeyError):
+            continue
+        for path, size, mtime, digest in zip(m.paths, m.sizes.tolist(), m.mtimes.tolist(), m.content_hashes or []):
+            if digest:
+                out.setdefault(path, (size, mtime, digest))
+    return out
+
+
 def open_features(ref: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> FeatureSet:
     """Open a feature set by path, id or id prefix; the newest complete one when ``ref`` is None."""
     root = config.cache_dir(cache_dir)

@@ -66,6 +66,7 @@ class ExtractConfig:
     """Everything ``featcache extract`` can be told; defaults are the CLI's defaults."""
 
     data: str = str(config.DEFAULT_DATA_DIR)
+    labels: str | None = None  # a CSV path,label[,split] instead of class folders; enters the id through the manifest
     model: str = config.DEFAULT_MODEL
     weights: str = "DEFAULT"
     layer: str | None = None
@@ -93,6 +94,8 @@ class ExtractConfig:
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
         set_("data", os.fspath(self.data))
+        if self.labels is not None:
+            set_("labels", os.fspath(self.labels))
         if self.cache_dir is not None:
             set_("cache_dir", os.fspath(self.cache_dir))
         set_("weights", str(self.weights if self.weights is not None else "DEFAULT"))
@@ -167,6 +170,8 @@ class ExtractConfig:
         """
         default = ExtractConfig()
         parts = ["featcache extract", "--data", shlex.quote(self.data), "--model", shlex.quote(self.model)]
+        if self.labels:
+            parts += ["--labels", shlex.quote(self.labels)]
         for name in ("weights", "layer", "pool", "image_size", "dtype"):
             value = getattr(self, name)
             if value != getattr(default, name):

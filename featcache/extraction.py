@@ -22,7 +22,7 @@ from . import cache, config, fingerprint, progress
 from .backbones.spec import ExtractorSpec
 from .errors import CacheError
 from .extract_config import ExtractConfig, Resolved, parse_shard, resolve  # noqa: F401  (parse_shard: re-exported)
-from .manifest import Manifest, scan
+from .manifest import Manifest, hash_files, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, write_isolated
 
@@ -41,6 +41,7 @@ class ExtractResult:
     seconds: float = 0.0
     images_per_second: float | None = None
     ignored: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)  # images under --data that the --labels file leaves out
 
     def open(self) -> FeatureSet:
         return FeatureSet(self.path)
@@ -66,6 +67,7 @@ class ExtractResult:
             "cache_hit": self.cache_hit, "extracted": self.extracted, "reused": self.reused, "resumed": self.resumed,
             "images_per_second": self.images_per_second, "seconds": round(self.seconds, 3),
             "skipped": [{"path": display(p), "reason": r} for p, r in self.skipped],
+            "unlisted": [display(p) for p in self.unlisted],
         }
 
 
@@ -138,20 +140,21 @@ def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, 
         if not resumed and cfg.incremental:
             reused = reuse_rows(plan.root, plan.key, plan.manifest, np.arange(*plan.entries), staging, progress_bar)
         ran = run(plan, staging, progress_bar)
+        plan = with_content_hashes(plan, progress_bar)
         finalize(plan, staging, ran)
     with FeatureSet(plan.final) as fs:
         return ExtractResult(
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
             extracted=ran.extracted, reused=reused, resumed=resumed, seconds=time.perf_counter() - started,
             images_per_second=(ran.extracted / ran.seconds) if ran.extracted and ran.seconds > 0 else None,
-            ignored=plan.manifest.ignored,
+            ignored=plan.manifest.ignored, unlisted=plan.manifest.unlisted,
         )
 
 
 def make_plan(cfg: ExtractConfig) -> Plan:
     """Scan the folder, resolve the extractor and the ``auto`` settings, compute the id."""
     root = ensure_writable(config.cache_dir(cfg.cache_dir))
-    manifest = scan(cfg.data)
+    manifest = scan(cfg.data, cfg.labels)
     spec = cfg.resolve_spec()
     settings = resolve(cfg, spec)  # imports torch: after the cheap checks, so a bad argument fails fast
     key = fingerprint.config_key(spec, cfg.decoding(), cfg.dtype, settings.precision)
@@ -214,6 +217,23 @@ def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
     return Ran(len(todo), time.perf_counter() - t0, compiled=forward.is_compiled, compile_error=forward.compile_error)
 
 
+def with_content_hashes(plan: Plan, progress_bar: bool) -> Plan:
+    """The plan with the SHA-256 of every file it covers (``audit`` finds byte-identical files by them).
+
+    A separate pass over the files rather than in the decoding workers: it serves the local and Ray
+    engines, shards and incremental updates alike; the files were just read, so they come from the
+    page cache, and hashes already recorded for unchanged files of the folder are reused.
+    """
+    lo, hi = plan.entries
+    bar = progress.bar(hi - lo, "hash files", progress_bar)
+    try:
+        known = cache.known_hashes(plan.root, str(plan.manifest.root))
+        hashes = hash_files(plan.manifest, range(lo, hi), known, bar)
+    finally:
+        bar.close()
+    return replace(plan, manifest=replace(plan.manifest, content_hashes=hashes))
+
+
 def finalize(plan: Plan, staging: Staging, ran: Ran) -> None:
     """Assemble the staged rows into the feature-set file (atomically), then drop the staging."""
     write_isolated(plan.final, _attrs(plan, ran), plan.manifest, staging, plan.spec.feature_shape, plan.config.dtype)
@@ -229,6 +249,7 @@ def _cache_hit(plan: Plan, started: float) -> ExtractResult | None:
         return ExtractResult(
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
             cache_hit=True, seconds=time.perf_counter() - started, ignored=plan.manifest.ignored,
+            unlisted=plan.manifest.unlisted,
         )
 
 
@@ -280,9 +301,9 @@ def _attrs(plan: Plan, ran: Ran) -> dict:
     import torchvision
 
     b, cfg, s = plan.spec.backbone, plan.config, plan.settings
-    # The record as asked, with a local weights file named by its resolved path (``predict`` and the
-    # refresh command rebuild the extractor from it).
-    stored = replace(cfg, weights=b.weights.path or cfg.weights)
+    # The record as asked, with a local weights file and the labels file named by their resolved
+    # paths (``predict`` and the refresh command rebuild the extractor from it, from any directory).
+    stored = replace(cfg, weights=b.weights.path or cfg.weights, labels=plan.manifest.labels_file)
     attrs = {
         "format": FORMAT_VERSION,
         "id": plan.id,

@@ -85,12 +85,16 @@ def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
     if not root.is_dir():
         progress.say(f"note: data folder {root} of feature set {fs.id} is not here; cannot check it for changes", say)
         return
+    labels = (fs.meta.get("extract_args") or {}).get("labels")
     try:
-        changes = diff(fs.manifest_signatures(), scan(root))
+        current = scan(root, labels)
+        changes = diff(fs.manifest_signatures(), current)
     except DataError as err:
         changes, reason = True, str(err)
     else:
         reason = f"{changes.summary()} under {root} since extraction" if changes else ""
+        if not changes and labels and current.sha256 != fs.meta.get("manifest_sha256"):
+            changes, reason = True, f"the labels in {labels} changed since extraction"
     if not changes:
         return
     message = (
@@ -132,6 +136,10 @@ def fit(
         raise FeatcacheError(f"--n-jobs {n_jobs}: use a positive number, or -1 for all cores")
     cv = cv or DEFAULT_CV.get(head, 5)
     data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
+    if not data.class_names:
+        raise DataError(f"feature set {data.meta['id']} has no labels (its folder has no class subfolders): fit needs them; "
+                        "extract a folder with one subfolder per class, or pass --labels FILE.csv to extract "
+                        "(`featcache audit` and `featcache predict` work on it as it is)")
     split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv)
     estimator = head_cls(**fixed)
     X_cv, y_cv = data.X[split.cv_rows], data.y[split.cv_rows]

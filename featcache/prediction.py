@@ -70,6 +70,28 @@ def feature_set_of(run, cache_dir=None) -> Path:
     return path
 
 
+def predict_features(features, run, cache_dir=None) -> list[Prediction]:
+    """Label every row of a cached feature set (an unlabelled folder, say) with a run's head, without
+    the backbone: the set must come from exactly the extractor the run was fitted on."""
+    from classifiers import scores
+
+    run = load_run(run)
+    with cache.open_features(features, cache_dir) as fs:
+        if fs.meta.get("key") != run.params.features.get("key"):
+            raise FeatcacheError(
+                f"feature set {fs.id} was made by another extractor than run {run.name} ({fs.meta.get('model')} "
+                f"{fs.meta.get('layer')} pool={fs.meta.get('pool')} vs {run.params.features_label.replace('/', ' ')}): "
+                "extract it with the run's settings, or predict from the images"
+            )
+        X, paths = fs.load(np.float32), fs.paths
+        root = Path(fs.meta.get("data_root") or ".")
+    if not len(X):
+        return []
+    labels, confidence = scores(run.head(), X)
+    names = run.params.class_names
+    return [Prediction(str(root / p), names[int(k)], float(c)) for p, k, c in zip(paths, labels, confidence)]
+
+
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
     from classifiers import scores

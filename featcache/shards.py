@@ -66,6 +66,7 @@ def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool
         attrs["extract_seconds"] = round(sum(s.meta.get("extract_seconds", 0) for s in shards), 3)
         attrs["merged_from"] = len(shards)
         manifest = first.manifest()
+        manifest.content_hashes = merged_hashes([s.manifest() for s in shards])
         with cache.lock(root, fsid, -1, progress_bar):
             write_isolated(final, attrs, manifest, ShardRows(shards), first.feature_shape, first.meta["dtype"])
     finally:
@@ -76,6 +77,14 @@ def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool
             f.unlink()
     with FeatureSet(final) as fs:
         return ExtractResult(id=fsid, path=final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped)
+
+
+def merged_hashes(manifests: list) -> list[str] | None:
+    """Each shard hashed its own slice of the files: the union (None if no shard recorded any)."""
+    recorded = [m.content_hashes for m in manifests if m.content_hashes is not None]
+    if not recorded:
+        return None
+    return [next((h[i] for h in recorded if h[i]), "") for i in range(len(recorded[0]))]
 
 
 def check_consistent(fsid: str, shards: list[FeatureSet]) -> None:

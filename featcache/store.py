@@ -3,12 +3,13 @@
 Layout of ``<id>.h5``::
 
     /features       (rows, *feature_shape) float16|float32, chunked along rows (~1 MiB), fletcher32
-    /labels         (rows,) int32, index into /class_names
+    /labels         (rows,) int32, index into /class_names (-1: an unlabelled row)
     /paths          (rows,) relative path of each row's image (bytes: any file name survives)
     /split          (rows,) "train" | "val" | "test" | ""
     /index          (rows,) the row's entry in /manifest
     /class_names    (classes,)
     /manifest/{path,size,mtime_ns,label,split}   every input file, for staleness and incremental updates
+    /manifest/sha256 (files,) SHA-256 of each file's bytes ("" unknown): outside the manifest hash and the id
     /skipped/{index,reason}                      files that could not be used, and why
     attributes      model, weights, layer, pool, preprocessing, feature shape, versions, manifest hash,
                     content hash, creation time, complete=True, ...
@@ -123,6 +124,8 @@ def write_feature_set(
             m.create_dataset("mtime_ns", data=manifest.mtimes)
             m.create_dataset("label", data=manifest.labels)
             m.create_dataset("split", data=np.array(manifest.splits, dtype=object), dtype=_STR)
+            if manifest.content_hashes is not None:
+                m.create_dataset("sha256", data=np.array(manifest.content_hashes, dtype="S64"))
             s = f.create_group("skipped")
             s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
             s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
@@ -282,7 +285,8 @@ class FeatureSet:
         return dict(zip(paths, zip(m["size"][()].tolist(), m["mtime_ns"][()].tolist())))
 
     def manifest(self) -> Manifest:
-        """Every input file the set was made from, skipped ones included."""
+        """Every input file the set was made from, skipped ones included (with the content hashes
+        recorded at extraction; ``content_hashes`` is None for sets made before they were)."""
         m = self._file["manifest"]
         return Manifest(
             root=Path(self.meta.get("data_root", ".")),
@@ -292,6 +296,8 @@ class FeatureSet:
             labels=m["label"][()],
             splits=[_text(v) for v in m["split"][()]],
             class_names=self.class_names,
+            labels_file=(self.meta.get("extract_args") or {}).get("labels"),
+            content_hashes=[_text(v) for v in m["sha256"][()]] if "sha256" in m else None,
         )
 
     def load(self, dtype=None) -> np.ndarray:
