@@ -304,6 +304,33 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
         click.echo(f"test accuracy: {run.test_accuracy:.4f}")
 
 
+@main.command(short_help="Duplicates, leaks, label errors, outliers.")
+@click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
+@click.option("--threshold", type=float, default=0.92, show_default=True, help="Cosine similarity of pooled features at or above which two images are near duplicates.")
+@click.option("--data", "data", default=None, type=click.Path(file_okay=False), help="Where the images are, if they moved since extraction (hashes of old sets, thumbnails).")
+@click.option("--cv", type=int, default=10, show_default=True, help="The CV folds of the fit to check for leaks (10: the svm head's default).")
+@click.option("--test-size", type=float, default=0.2, show_default=True, help="The fit's hold-out fraction when there is no test/ split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The fit's seed (test split and folds), also seeds the label check.")
+@click.option("--out", type=click.Path(file_okay=False), default="audit", show_default=True, help="Folder for audit.md, audit.html, audit.csv and thumbnails.")
+@CACHE_DIR
+@QUIET
+@JSON
+def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet, as_json):
+    """Find exact and near duplicates, leaks across the test split and CV folds, conflicting labels, likely
+    label errors and outliers in a cached feature set (the backbone is not run again)."""
+    from featcache.audit import AuditConfig, audit as run_audit
+    from featcache.audit_report import summary, write
+
+    cfg = AuditConfig(features=features, cache_dir=cache_dir, data=data, threshold=threshold, cv=cv, test_size=test_size,
+                      seed=seed)
+    result = run_audit(cfg, progress_bar=not quiet)
+    written = write(result, out, say=not quiet)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "written": [str(p) for p in written]}))
+    else:
+        click.echo(summary(result, written))
+
+
 @main.command(short_help="List heads, parameters, default grids.")
 def heads():
     """List classifier heads with their parameters and default grids."""

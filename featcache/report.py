@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import RunError
 
-Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt)
+Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt) | ("cards", [gallery.Card])
 
 
 # ---------------------------------------------------------------------------------------- render
@@ -34,6 +34,10 @@ def to_markdown(blocks: list[Block]) -> str:
             out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
         elif kind == "img":
             out.append(f"![{block[2]}]({block[1]})")
+        elif kind == "cards":
+            from .gallery import cards_markdown
+
+            out.append(cards_markdown(block[1]))
         out.append("")
     return "\n".join(out)
 
@@ -52,20 +56,29 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             body.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+        elif kind == "cards":
+            from .gallery import cards_html
+
+            body.append(cards_html(block[1], _inline))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
              "code{background:#f4f4f4;padding:0 3px}")
+    if any(block[0] == "cards" for block in blocks):
+        from .gallery import CARD_STYLE
+
+        style += CARD_STYLE
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn `code` and [label](link) into tags (the only inline Markdown we emit)."""
+    """Escape, then turn `code`, **bold** and [label](link) into tags (the only inline Markdown we emit)."""
     import re
 
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 

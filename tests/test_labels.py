@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 from PIL import Image
 
 import featcache
+from featcache.audit import audit
 from featcache.errors import CacheError, DataError
 from featcache.manifest import scan
 from tests.conftest import featcache as run_cli, make_images
+from tests.test_audit import CLASSES, scene
 
 FAST = {"model": "resnet18", "weights": "none", "image_size": 32, "progress_bar": False}
 MTIME_NS = 1_700_000_000_000_000_000
@@ -108,3 +111,36 @@ def test_a_bad_labels_file_is_a_one_line_error_naming_the_problem(tmp_path, cont
     with pytest.raises(DataError, match=needle) as err:
         scan(data, tmp_path / "labels.csv")
     assert "\n" not in str(err.value)
+
+
+def test_an_unlabelled_folder_is_extracted_audited_and_predicted_but_not_fitted(tmp_path):
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(16):
+        scene(CLASSES[i % 4], rng).save(data / f"scene_{i:02d}.png")
+    shutil.copyfile(data / "scene_00.png", data / "scene_00_copy.png")
+    cache = tmp_path / "cache"
+    result = featcache.extract(data, cache_dir=cache, image_size=64, progress_bar=False)  # pretrained: distinct scenes differ
+    with result.open() as fs:
+        assert fs.class_names == [] and set(fs.labels.tolist()) == {-1} and len(fs) == 17
+    found = audit(features=result.id, cache_dir=cache, progress_bar=False)
+    groups = [sorted(found.entries.paths[e] for e in f.entries) for f in found.findings if f.kind.endswith("duplicate")]
+    assert groups == [["scene_00.png", "scene_00_copy.png"]]
+    assert not [f for f in found.findings if f.kind == "label_error"]
+    data = _flat_folder(tmp_path / "more")
+    r = run_cli("fit", "--features", result.id, "--cache-dir", cache, "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert r.returncode == 1 and "has no labels" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    labelled = make_images(tmp_path / "labelled", classes=("red", "green", "blue"), per_class=6)
+    fsid = featcache.extract(labelled, cache_dir=cache, **FAST).id
+    run = featcache.fit(head="logreg", features=fsid, cache_dir=cache, runs_dir=tmp_path / "runs", cv=2, progress_bar=False)
+    from_images = featcache.predict([data], run.path, cache_dir=cache, progress_bar=False)
+    assert len(from_images) == 15 and all(p.label in ("red", "green", "blue") for p in from_images)
+    unlabelled = featcache.extract(data, cache_dir=cache, **FAST).id  # the run's extractor: predict from the cache
+    r = run_cli("predict", "--features", unlabelled, "--run", run.path, "--cache-dir", cache, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from_cache = {Path(p["path"]).name: p["label"] for p in json.loads(r.stdout)}
+    assert from_cache == {Path(p.path).name: p.label for p in from_images}  # cache + head == extract + head
+    r = run_cli("predict", "--features", result.id, "--run", run.path, "--cache-dir", cache, cwd=tmp_path)
+    assert r.returncode == 1 and "another extractor" in r.stderr  # the pretrained scenes set: refused
