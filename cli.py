@@ -281,11 +281,13 @@ def cache_merge(ref, cache_dir, quiet):
 @click.option("--n-jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run the fits here or on Ray.")
 @click.option("--allow-stale", is_flag=True, help="Fit even if the image folder changed since extraction.")
+@click.option("--exclude", "exclude", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Leave these files out of training and test: one path per line, or a CSV with a path column (e.g. a filtered audit.csv).")
 @CACHE_DIR
 @RUNS_DIR
 @QUIET
 @JSON
-def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, cache_dir, runs_dir, quiet, as_json):
+def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, exclude, cache_dir, runs_dir, quiet, as_json):
     """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
     from classifiers import get_head
     from featcache.params import parse_params
@@ -296,7 +298,7 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
     fixed_params = {k: v[0] for k, v in parse_params(head_cls, fixed).items()} if fixed else None
     run = run_fit(head=head, features=features, params=grid, cv=cv, test_size=test_size, seed=seed, n_jobs=n_jobs,
                   backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
-                  progress_bar=not quiet, head_params=fixed_params)
+                  progress_bar=not quiet, head_params=fixed_params, exclude=exclude)
     if as_json:
         click.echo(json.dumps(run.to_row()))
     else:

@@ -37,11 +37,15 @@ class Card:
     tone: str = "low"
 
 
+def thumbnail_name(source: Path) -> str:
+    return hashlib.sha1(os.fsencode(str(source))).hexdigest()[:16] + ".jpg"
+
+
 def thumbnail(source: Path, out_dir: Path, side: int = THUMB_SIDE) -> tuple[str | None, str | None]:
     """Write a JPEG thumbnail of ``source`` into ``out_dir``; (file name, None) or (None, reason)."""
     from .images import BadImage, open_rgb
 
-    name = hashlib.sha1(os.fsencode(str(source))).hexdigest()[:16] + ".jpg"
+    name = thumbnail_name(source)
     target = out_dir / name
     if target.is_file():
         return name, None
@@ -67,10 +71,16 @@ class Thumbnails:
         self.failed: dict[str, str] = {}
 
     def __call__(self, rel_path: str) -> str | None:
-        """The thumbnail's path relative to the page, or None (the image is gone or unreadable)."""
+        """The thumbnail's path relative to the page, or None (the image is gone or unreadable).
+        A thumbnail made earlier is kept, so a report re-rendered after the images moved keeps it."""
+        if self.data_root is None:
+            return None
+        source = self.data_root / rel_path
+        if (self.page_dir / self.folder / thumbnail_name(source)).is_file():
+            return f"{self.folder}/{thumbnail_name(source)}"
         if not self.available:
             return None
-        name, reason = thumbnail(self.data_root / rel_path, self.page_dir / self.folder)
+        name, reason = thumbnail(source, self.page_dir / self.folder)
         if name is None:
             self.failed[rel_path] = reason or "unreadable"
             return None

@@ -72,6 +72,45 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
         )
 
 
+def read_exclusions(source, manifest_paths: list[str], data_root: str | None) -> list[str]:
+    """The files named by ``source`` (a path list file, a CSV with a ``path`` column such as a filtered
+    ``audit.csv``, or a list of paths), as paths of the feature set's manifest. A name that is not a
+    file of the feature set is an error, not silently ignored."""
+    import csv
+
+    if isinstance(source, (str, os.PathLike)):
+        where = Path(source)
+        try:
+            lines = where.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise FeatcacheError(f"cannot read --exclude file {where} ({err}): give a list of paths, one per line, "
+                                 "or a CSV with a path column (e.g. a filtered audit.csv)") from None
+        rows = list(csv.reader(lines))
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        if "path" in header:
+            at = header.index("path")
+            names = [r[at].strip() for r in rows[1:] if len(r) > at and r[at].strip()]
+        else:
+            names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        what = str(where)
+    else:
+        names, what = [str(p) for p in source], "the exclusion list"
+    known = set(manifest_paths)
+    root = os.path.abspath(data_root) if data_root else None
+    out, unknown = [], []
+    for name in names:
+        rel = os.path.normpath(name)
+        if os.path.isabs(name) and root:
+            rel = os.path.relpath(os.path.abspath(name), root)
+        (out if rel in known else unknown).append(rel)
+    if unknown:
+        raise FeatcacheError(
+            f"{len(unknown)} path(s) in {what} are not files of this feature set (e.g. {unknown[0]!r}): "
+            f"give paths relative to the data folder {data_root}, as audit.csv writes them"
+        )
+    return sorted(set(out))
+
+
 def refresh_command(meta: dict) -> str:
     """The command that updates this feature set in place: every setting that enters its id, as
     recorded (with the precision it was actually made with), so only new or changed files run."""
@@ -122,8 +161,13 @@ def fit(
     progress_bar: bool = True,
     head_params: dict | None = None,
     loaded: LoadedFeatures | None = None,
+    exclude=None,
 ):
-    """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run."""
+    """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run.
+
+    ``exclude``: a file listing paths (or a CSV with a ``path`` column, e.g. a filtered ``audit.csv``),
+    or a list of paths: those files leave training and test; the run records which.
+    """
     head_cls = get_head(head)
     grid = dict(head_cls.default_grid) if params is None else dict(params)
     fixed = dict(head_params or {})
@@ -140,7 +184,9 @@ def fit(
         raise DataError(f"feature set {data.meta['id']} has no labels (its folder has no class subfolders): fit needs them; "
                         "extract a folder with one subfolder per class, or pass --labels FILE.csv to extract "
                         "(`featcache audit` and `featcache predict` work on it as it is)")
-    split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv)
+    excluded = read_exclusions(exclude, data.manifest[0], data.meta.get("data_root")) if exclude is not None else []
+    split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv,
+                       exclude=frozenset(excluded))
     estimator = head_cls(**fixed)
     X_cv, y_cv = data.X[split.cv_rows], data.y[split.cv_rows]
     started = time.perf_counter()
@@ -153,10 +199,24 @@ def fit(
             raise
         raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
     search_seconds = time.perf_counter() - started
-    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir)
+    exclusions = _exclusions(exclude, excluded, split) if exclude is not None else None
+    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir, exclusions)
 
 
-def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir):
+def _exclusions(source, paths: list[str], split) -> dict:
+    """What a run records of ``--exclude``: the source, its hash, every path, and where they came from."""
+    from .files import sha256_file
+
+    record = {"source": "list", "sha256": None, "paths": paths, "cv": split.info.get("excluded_cv", 0),
+              "test": split.info.get("excluded_test", 0)}
+    if isinstance(source, (str, os.PathLike)):
+        record.update(source=str(Path(source).resolve()), sha256=sha256_file(Path(source)))
+    record["without_features"] = len(paths) - record["cv"] - record["test"]  # skipped at extraction anyway
+    return record
+
+
+def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir,
+          exclusions=None):
     """Score the test split once, then write the run."""
     from . import runs
     from .evaluation import edge_params, score_test
@@ -168,7 +228,7 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     params = runs.RunParams(
         head=head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,
         seed=split.info["seed"], n_jobs=n_jobs, backend=backend, class_names=names,
-        features=runs.feature_ref(data.meta, data.path), created=runs.now(),
+        features=runs.feature_ref(data.meta, data.path), created=runs.now(), excluded=exclusions,
     )
     metrics = runs.RunMetrics(
         cv_results=table, best_index=best, best_params=result.best_params, best_cv_mean=table["mean_test_score"][best],
@@ -179,4 +239,9 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
                    for row, t, p, c in zip(split.test_rows, y_test, predicted, confidence)]
     path = Path(run_dir) if run_dir else runs.new_run_dir(config.runs_dir(runs_dir), head, data.meta["id"])
+    path.mkdir(parents=True, exist_ok=True)
+    from .run_gallery import MAP_FILE, write_map
+
+    write_map(path / MAP_FILE, data.X, data.paths, data.y, names, split.test_rows, split.cv_rows,
+              {int(row): names[int(p)] for row, p in zip(split.test_rows, predicted)}, seed=split.info["seed"])
     return runs.save_run(path, params, metrics, estimator, predictions)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import run_gallery
 from .errors import RunError
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt) | ("cards", [gallery.Card])
@@ -193,7 +194,8 @@ def run_blocks(run) -> list[Block]:
         ("p", f"Head **{p.head}** on feature set `{f['id']}`: {feature_line(f)}."),
         ("p", f"Split: {split['test']} (seed {p.seed}); {split['n_cv']} images in {p.cv}-fold "
               f"cross-validation, {split['n_test']} test images"
-              + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else ".")),
+              + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else ".")
+              + run_gallery.split_note(p)),
         ("h", 2, "Result"),
         ("table", ["", "value"], [
             ["best parameters", _params_text(m.best_params)],
@@ -220,6 +222,7 @@ def run_blocks(run) -> list[Block]:
                        [[names[i]] + row for i, row in enumerate(m.test.confusion_matrix)]))
         image = plot_confusion(m.test.confusion_matrix, names, plots / "confusion.png")
         blocks.append(("img", f"plots/{image.name}", "confusion matrix"))
+    blocks += run_gallery.blocks(run)
     if m.history:
         image = plot_history(m.history, plots / "learning_curves.png")
         blocks += [("h", 2, "Learning curves"), ("img", f"plots/{image.name}", "MLP learning curves")]

@@ -55,13 +55,16 @@ class RunParams:
     class_names: list[str]
     features: dict  # the feature set's recorded identity (FEATURE_META) and its path
     created: str  # ISO time to the millisecond: orders runs made within one second
+    # fit --exclude: {"source", "sha256", "paths", "cv", "test", "without_features"}; None: nothing excluded
+    excluded: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunParams":
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """Read ``params.json``; fields added later (``excluded``) take their defaults in older runs."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @property
     def feature_id(self) -> str:
@@ -133,7 +136,8 @@ class Run:
             f"run {self.path}: {p.head} on feature set {p.feature_id} "
             f"({p.features['model']} {p.features['layer']}); best {best}; "
             f"CV accuracy {m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}; "
-            f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images)"
+            f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images"
+            + (f"; {len(p.excluded['paths'])} files excluded" if p.excluded else "") + ")"
         )
 
     def to_row(self) -> dict:

@@ -53,7 +53,11 @@ def assign(paths: list[str], labels: np.ndarray, splits: list[str], test_size: f
 
 
 def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_splits: list[str], row_paths: list[str],
-               row_labels: np.ndarray, class_names: list[str], test_size: float = 0.2, seed: int = 0, cv: int = 5) -> Split:
+               row_labels: np.ndarray, class_names: list[str], test_size: float = 0.2, seed: int = 0, cv: int = 5,
+               exclude: frozenset[str] = frozenset()) -> Split:
+    """``exclude``: paths whose rows leave both the CV rows and the test rows. The assignment itself is
+    made over every file as without it, so the test set is the usual one minus the excluded files and
+    a run with exclusions stays comparable with one without."""
     if cv < 2:
         raise FeatcacheError(f"--cv {cv} is too small: cross-validation needs at least 2 folds")
     present = np.unique(row_labels)
@@ -63,8 +67,9 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
     is_test, fold = assign(manifest_paths, manifest_labels, manifest_splits, test_size, seed, cv)
     entry = {p: i for i, p in enumerate(manifest_paths)}
     rows_entry = np.array([entry[p] for p in row_paths], dtype=np.int64)
-    test_rows = np.flatnonzero(is_test[rows_entry])
-    cv_rows = np.flatnonzero(~is_test[rows_entry])
+    kept = np.array([p not in exclude for p in row_paths], dtype=bool)
+    test_rows = np.flatnonzero(is_test[rows_entry] & kept)
+    cv_rows = np.flatnonzero(~is_test[rows_entry] & kept)
     labels_cv = row_labels[cv_rows]
     classes, counts = np.unique(labels_cv, return_counts=True)
     if len(classes) < 2:
@@ -90,4 +95,7 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
         "dropped": int(len(manifest_paths) - len(row_paths)),
         "assignment_sha256": assignment,
     }
+    if exclude:
+        info["excluded_cv"] = int(np.sum(~kept & ~is_test[rows_entry]))
+        info["excluded_test"] = int(np.sum(~kept & is_test[rows_entry]))
     return Split(cv_rows=cv_rows, test_rows=test_rows, folds=folds, info=info)

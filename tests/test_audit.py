@@ -17,6 +17,7 @@ import featcache
 from featcache.audit import audit
 from featcache.audit_report import write
 from featcache.audit_search import search
+from featcache.runs import load_run
 from tests.conftest import featcache as run_cli
 
 CLASSES = ("circles", "squares", "stripes", "triangles")
@@ -212,6 +213,40 @@ def test_an_old_feature_set_without_content_hashes_gets_them_from_the_folder_and
     assert found.counts()["exact_duplicate_groups"] == 3
     gone = audit(features=planted["id"], cache_dir=cache, data=str(tmp_path / "moved-away"), progress_bar=False)
     assert any("exact duplicates among them are not checked" in n for n in gone.notes)
+
+
+def test_fit_exclude_drops_the_listed_files_records_them_and_the_report_shows_the_change(planted, tmp_path):
+    root = planted["root"]
+    with open(root / "audit" / "audit.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = tmp_path / "drop.csv"
+    with open(keep, "w", newline="") as f:  # what a user does: keep the suggested drops
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(r for r in rows if r["action"] == "drop")
+    dropped = sorted(r["path"] for r in rows if r["action"] == "drop")
+    base = featcache.fit(head="logreg", features=planted["id"], cache_dir=root / "cache", runs_dir=tmp_path / "runs",
+                         params={"C": [1.0]}, cv=3, progress_bar=False)
+    r = run_cli("fit", "--head", "logreg", "--param", "C=1", "--cv", "3", "--exclude", keep, "--features", planted["id"],
+                "--cache-dir", root / "cache", "--runs-dir", tmp_path / "runs", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = load_run(json.loads(r.stdout)["run"])
+    e = run.params.excluded
+    assert e["paths"] == dropped and e["source"] == str(keep.resolve()) and len(e["sha256"]) == 64
+    assert e["test"] == sum(1 for p in dropped if p.startswith("test/")) == 2
+    assert e["cv"] == len(dropped) - 2
+    assert run.metrics.test.n == base.metrics.test.n - 2  # the same test set, less the two leaked copies
+    assert run.params.split["assignment_sha256"] == base.params.split["assignment_sha256"]
+    report = (run.path / "report.md").read_text()
+    assert f"{len(dropped)} files excluded by --exclude `drop.csv`: 2 from the test set" in report
+    assert "## Excluded files (6)" in report and dropped[0] in report
+    assert "excluded" not in (base.path / "report.md").read_text()
+    assert base.params.excluded is None  # old-style record: no exclusions
+
+    (tmp_path / "typo.txt").write_text("train/circles/no_such_file.png\n")
+    r = run_cli("fit", "--exclude", tmp_path / "typo.txt", "--features", planted["id"], "--cache-dir", root / "cache",
+                "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert r.returncode == 1 and "not files of this feature set" in r.stderr and "no_such_file.png" in r.stderr
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
