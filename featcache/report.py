@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,10 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif kind == "p":
             body.append(f"<p>{_inline(block[1])}</p>")
         elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            numeric = _numeric_columns(block[1], block[2])
+            head = "".join(f"<th{' class=num' if numeric[k] else ''}>{html.escape(str(c))}</th>" for k, c in enumerate(block[1]))
+            rows = "".join("<tr>" + "".join(f"<td{' class=num' if numeric[k] else ''}>{_inline(str(c))}</td>"
+                                            for k, c in enumerate(row)) + "</tr>" for row in block[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             body.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
@@ -63,7 +66,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(cards_html(block[1], _inline))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "text-align:left}th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}"
+             "img{max-width:100%}"
              "code{background:#f4f4f4;padding:0 3px}")
     if any(block[0] == "cards" for block in blocks):
         from .gallery import CARD_STYLE
@@ -73,10 +77,17 @@ def to_html(blocks: list[Block], title: str) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
+_NUMBER = re.compile(r"[-+]?\d[\d.,]*(e[-+]?\d+)?%?(\s*(\+-|±)\s*\d[\d.]*)?( \(\d+ \w+\))?|nan|-")
+
+
+def _numeric_columns(header: list, rows: list[list]) -> list[bool]:
+    """Columns to right-align: every cell a number (or "-"), except the first column (row labels)."""
+    return [k > 0 and bool(rows) and all(_NUMBER.fullmatch(str(row[k]).strip()) for row in rows if k < len(row))
+            for k in range(len(header))]
+
+
 def _inline(text: str) -> str:
     """Escape, then turn `code`, **bold** and [label](link) into tags (the only inline Markdown we emit)."""
-    import re
-
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
