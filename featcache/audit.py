@@ -471,7 +471,8 @@ def _group_finding(group, exact, lowest, highest, identical, manifest, is_test, 
     if conflict:
         actions = ["review"] * len(group)
     else:  # keep one copy, preferably one on the training side, drop the rest
-        keep = min(group, key=lambda i: (bool(is_test[i]), entry_row[i] < 0, manifest.paths[i]))
+        # the copy on the training side, with features, the oldest file (likely the original)
+        keep = min(group, key=lambda i: (bool(is_test[i]), entry_row[i] < 0, int(manifest.mtimes[i]), manifest.paths[i]))
         actions = ["keep" if i == keep else "drop" for i in group]
     kind = "exact_duplicate" if exact else "near_duplicate"
     if exact:
