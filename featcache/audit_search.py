@@ -84,7 +84,7 @@ class Neighbours:
     candidates: int = 0  # pairs the low-precision filter passed to the float32 check
 
 
-def exact_similarity(X: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def exact_similarity(X: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 8192) -> np.ndarray:
     out = np.empty(len(i), dtype=np.float32)
     for s in range(0, len(i), chunk):
         a, b = X[i[s:s + chunk]], X[j[s:s + chunk]]
@@ -108,7 +108,9 @@ def search(X: np.ndarray, groups: np.ndarray | None, threshold: float, device: s
     order = np.argsort(groups, kind="stable")
     sorted_groups = groups[order]
     bounds = {int(g): (int(a), int(b)) for g, a, b in zip(*_runs(sorted_groups))}
-    low = torch.from_numpy(X[order]).to(dev, dtype=low_dtype)
+    low = torch.empty((n, d), dtype=low_dtype, device=dev)
+    for s in range(0, n, 16384):  # sorted and converted by blocks: no second full-size copy of X
+        low[s:s + 16384] = torch.from_numpy(X[order[s:s + 16384]]).to(dev, dtype=low_dtype)
     best = torch.full((n,), -math.inf, device=dev)
     best_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
     same = torch.full((n,), -math.inf, device=dev)
