@@ -117,13 +117,24 @@ def search(X: np.ndarray, groups: np.ndarray | None, threshold: float, device: s
     same_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
     found_i, found_j = [], []
     n_found = 0
+    # One set of tile buffers for the whole search: allocating ~100 MB per tile made the C library's
+    # per-thread arenas hold on to freed tiles (peak RSS 4.6 GB instead of 1.8 at 100,000 rows).
+    size = min(query_block, n) * min(key_block, n)
+    product = torch.empty(size, dtype=low_dtype, device=dev)
+    widened = torch.empty(size, dtype=torch.float32, device=dev) if low_dtype != torch.float32 else product
+    above = torch.empty(size, dtype=torch.bool, device=dev)
     with torch.inference_mode():
         for qs in range(0, n, query_block):
             qe = min(n, qs + query_block)
             q = low[qs:qe]
             for ks in range(qs, n, key_block):
                 ke = min(n, ks + key_block)
-                tile = (q @ low[ks:ke].T).float()
+                shape = (qe - qs, ke - ks)
+                out = product[:shape[0] * shape[1]].view(shape)
+                torch.matmul(q, low[ks:ke].T, out=out)
+                tile = widened[:out.numel()].view(shape)
+                if tile.data_ptr() != out.data_ptr():
+                    tile.copy_(out)
                 if ks < qe:  # the tile crosses the diagonal: keep j > i only
                     rows = torch.arange(qs, qe, device=dev)[:, None]
                     cols = torch.arange(ks, ke, device=dev)[None, :]
@@ -136,7 +147,9 @@ def search(X: np.ndarray, groups: np.ndarray | None, threshold: float, device: s
                     ra, rb, ca, cb = max(ga, qs), min(gb, qe), max(ga, ks), min(gb, ke)
                     if ra < rb and ca < cb:
                         _update(same, same_at, tile[ra - qs:rb - qs, ca - ks:cb - ks], ra, ca)
-                hit = (tile >= cut).nonzero()
+                flags = above[:tile.numel()].view(shape)
+                torch.ge(tile, cut, out=flags)
+                hit = flags.nonzero()
                 if len(hit):
                     n_found += len(hit)
                     if n_found > max_pairs:
