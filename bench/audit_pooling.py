@@ -4,8 +4,9 @@ From ``--data`` (an ImageFolder of photos), ``--sample`` photos are copied with 
 (JPEG re-encoding at quality 50-95, resizing to 3/4, 1/2 and 1/4, 90% and 80% centre crops, a mirror
 image, +20% brightness) into a scratch folder; both folders are extracted with the default backbone
 (cache hits after the first run). For each pooling the threshold is set where the data set itself
-has ``K`` pairs above it (K = 25 and 50: on a set with real near-duplicates those are mostly true
-copies, see README), and the table says what fraction of each kind of edited copy stays above it.
+has ``K`` pairs above it (``--pairs``, default 25 and 50; choose K above the set's own number of true
+copies, e.g. 100 and 200 for oxford17flowers with its ~66 near-identical pairs), and the table says what
+fraction of each kind of edited copy stays above it.
 
     python bench/audit_pooling.py --data /work/datasets/trashnet
 """
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--sample", type=int, default=20)
     parser.add_argument("--cache-dir", type=Path, default=out_dir() / "featcache-cache")
+    parser.add_argument("--pairs", type=int, nargs="+", default=[25, 50],
+                        help="K: thresholds where the set has K pairs above (more than its own true copies)")
     args = parser.parse_args()
 
     photos = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -75,7 +78,7 @@ def main() -> None:
             S = A @ A.T
             upper = np.sort(S[np.triu_indices(len(S), 1)])[::-1]
             index = {n: i for i, n in enumerate(names)}
-            for K in (25, 50):
+            for K in args.pairs:
                 t = upper[K]
                 kept = []
                 for name in EDITS:
