@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cache, config, progress
-from .errors import FeatcacheError
+from .errors import CacheError, FeatcacheError
 from .manifest import UNLABELLED, Manifest, display, hash_files
 from .store import FeatureSet
 
@@ -203,16 +203,12 @@ def content_hashes(manifest: Manifest, root: Path, say: bool, notes: list[str]) 
         bar.close()
     out = [recorded[i] or computed[i] for i in range(len(recorded))]
     changed = sum(1 for i in missing if not computed[i])
-    why = ("this feature set was made before featcache recorded them" if manifest_has_none(recorded)
+    why = ("this feature set was made before featcache recorded them" if not any(recorded)
            else "they were not recorded for these files")
     notes.append(f"content hashes of {len(missing) - changed} file(s) computed from {root} ({why}; "
                  f"{time.perf_counter() - started:.1f} s)"
                  + (f"; {changed} file(s) changed since extraction or are unreadable: not compared" if changed else ""))
     return out
-
-
-def manifest_has_none(hashes: list[str]) -> bool:
-    return not any(hashes)
 
 
 def fit_places(manifest: Manifest, cfg: AuditConfig, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +387,9 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
         bar = progress.bar(len(fs), "read features", say)
         try:
             X = pooled(fs, bar)
+        except OSError as err:  # a damaged chunk fails its fletcher32 checksum
+            raise CacheError(f"feature set {fs.id} is corrupted ({str(err).splitlines()[0][:80]}): "
+                             f"`featcache cache rm {fs.id}` and run `featcache extract` again") from None
         finally:
             bar.close()
         feature_set = {"id": fs.id, "path": str(path), "model": meta.get("model"), "layer": meta.get("layer"),

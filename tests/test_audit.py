@@ -222,6 +222,20 @@ def test_an_old_feature_set_without_content_hashes_gets_them_from_the_folder_and
     assert any("exact duplicates among them are not checked" in n for n in gone.notes)
 
 
+def test_a_damaged_feature_set_is_a_one_line_error(planted, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / f"{planted['id']}.h5"
+    shutil.copyfile(planted["root"] / "cache" / f"{planted['id']}.h5", path)
+    with h5py.File(path, "r") as f:
+        at = f["features"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as f:  # flip bytes inside the first chunk: its fletcher32 checksum no longer matches
+        f.seek(at + 16)
+        f.write(b"\xff" * 32)
+    r = run_cli("audit", "--features", planted["id"], "--cache-dir", cache, "--out", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 1 and "is corrupted" in r.stderr and "cache rm" in r.stderr and "internal error" not in r.stderr
+
+
 def test_fit_exclude_drops_the_listed_files_records_them_and_the_report_shows_the_change(planted, tmp_path):
     root = planted["root"]
     with open(root / "audit" / "audit.csv", newline="") as f:
