@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+PAUSE_AFTER, PAUSE_FILE = "FEATCACHE_TEST_PAUSE_AFTER", "FEATCACHE_TEST_PAUSE_FILE"  # featcache/staging.py's test hook
 
 
 def make_images(root: Path, classes=("cats", "dogs"), per_class: int = 6, size=(48, 40), split: str | None = None,
@@ -41,10 +44,10 @@ def cache_dir(tmp_path) -> Path:
 
 
 def cli_env(**extra) -> dict:
-    env = {**os.environ, "FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **extra}
-    env.pop("FEATCACHE_CACHE_DIR", None)
-    env.pop("FEATCACHE_RUNS_DIR", None)
-    return env
+    env = {**os.environ, "FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    for name in ("FEATCACHE_CACHE_DIR", "FEATCACHE_RUNS_DIR", PAUSE_AFTER, PAUSE_FILE):
+        env.pop(name, None)
+    return {**env, **extra}
 
 
 def featcache_command() -> list[str]:
@@ -56,6 +59,51 @@ def featcache(*args, cwd=None, env=None, timeout=600, prefix=(), **popen) -> sub
     """Run the installed console script exactly as a user would."""
     cmd = list(prefix) + featcache_command() + [str(a) for a in args]
     return subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout, **popen)
+
+
+class Background:
+    """``featcache`` subprocesses a test starts and steers; any still running at its end are killed."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args, pause_after: int | None = None, marker: Path | None = None, env=None, cwd=None,
+              **popen) -> subprocess.Popen:
+        """Start ``featcache ARGS``. With ``pause_after=N`` (and a ``marker`` path), return only once the
+        process has committed exactly N batches and stopped (staging's test hook); it goes on when the
+        marker is deleted."""
+        env = dict(env or cli_env())
+        if pause_after is not None:
+            env.update({PAUSE_AFTER: str(pause_after), PAUSE_FILE: str(marker)})
+        proc = subprocess.Popen(featcache_command() + [str(a) for a in args], env=env, cwd=cwd, **popen)
+        self.procs.append(proc)
+        if pause_after is not None:
+            self.wait_for(proc, marker.exists, f"the pause after {pause_after} committed batches")
+        return proc
+
+    @staticmethod
+    def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
+        """Wait for an event (not for a guessed time): fail if ``proc`` exits first or it never comes."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None:
+                raise AssertionError(f"featcache exited with code {proc.returncode} before {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no sign of {what} within {timeout} s")
+            time.sleep(0.01)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def background():
+    procs = Background()
+    yield procs
+    procs.kill_all()
 
 
 def without_root_privileges() -> list[str] | None:
