@@ -182,7 +182,7 @@ def sweep(data=config.DEFAULT_DATA_DIR, models=None, layers=None, pools=None, he
     from .pipeline import fit, load_features
 
     if plan is None:
-        plan = (plan_from_toml(config_file, data if data != config.DEFAULT_DATA_DIR else None) if config_file
+        plan = (plan_from_toml(config_file, data if Path(data) != config.DEFAULT_DATA_DIR else None) if config_file
                 else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed))
     validate(plan)
     out = Path(out) if out else default_out(plan)
