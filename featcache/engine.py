@@ -126,6 +126,12 @@ class Forward:
         if compile_batch:
             self.model = torch.compile(model, dynamic=False)
 
+    @property
+    def is_compiled(self) -> bool:
+        """Whether batches run through the compiled module: False without compilation, and once a
+        failed compilation has fallen back to eager."""
+        return self.model is not self.eager
+
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         n = len(batch)
