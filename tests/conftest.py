@@ -24,6 +24,13 @@ GUARDED = ("data", ".featcache", "runs", "sweeps")  # the repository's folders t
 PAUSE_AFTER, PAUSE_FILE = "FEATCACHE_TEST_PAUSE_AFTER", "FEATCACHE_TEST_PAUSE_FILE"  # featcache/staging.py's test hook
 
 
+def pytest_configure(config):
+    # scikit-learn's estimator checks include an array-API check (array API dispatch on, NumPy
+    # inputs) that skips itself unless SCIPY_ARRAY_API is set; SciPy reads it when it is first
+    # imported, which is after this hook. The CLI subprocesses run without it (cli_env), as users do.
+    os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+
 def _listing(root: Path) -> dict:
     """Every path (with its size and mtime) under the repository's guarded folders."""
     out = {}
@@ -81,7 +88,7 @@ def cache_dir(tmp_path) -> Path:
 
 def cli_env(**extra) -> dict:
     env = {**os.environ, "FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    for name in ("FEATCACHE_CACHE_DIR", "FEATCACHE_RUNS_DIR", PAUSE_AFTER, PAUSE_FILE):
+    for name in ("FEATCACHE_CACHE_DIR", "FEATCACHE_RUNS_DIR", "SCIPY_ARRAY_API", PAUSE_AFTER, PAUSE_FILE):
         env.pop(name, None)
     return {**env, **extra}
 
