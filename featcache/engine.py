@@ -127,7 +127,8 @@ class Forward:
 
     @property
     def is_compiled(self) -> bool:
-        """Whether batches still go through the compiled module (False after falling back to eager)."""
+        """Whether batches run through the compiled module: False without compilation, and once a
+        failed compilation has fallen back to eager."""
         return self.model is not self.eager
 
     @torch.inference_mode()
