@@ -61,11 +61,12 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn `code` and [label](link) into tags (the only inline Markdown we emit)."""
+    """Escape, then turn `code`, **bold** and [label](link) into tags (the only inline Markdown we emit)."""
     import re
 
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*\s](?:[^*]*[^*\s])?)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 
