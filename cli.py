@@ -119,6 +119,7 @@ def extract(data, model, weights, layer, pool, image_size, dtype, batch_size, wo
             "cache_hit": result.cache_hit, "extracted": result.extracted, "reused": result.reused, "resumed": result.resumed,
             "images_per_second": result.images_per_second, "seconds": round(result.seconds, 3),
             "skipped": [{"path": display(p), "reason": r} for p, r in result.skipped],
+            "ignored": [display(p) for p in result.ignored],
         }))
     else:
         click.echo(result.summary())
@@ -183,21 +184,28 @@ def cache_list(cache_dir, as_json):
     from featcache import cache as c
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
+    records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
     if as_json:
-        click.echo(json.dumps([{"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
-                                "model": e.meta.get("model"), "layer": e.meta.get("layer"), "rows": e.meta.get("n_rows"),
-                                "created": e.created} for e in entries]))
+        click.echo(json.dumps(records))
         return
     if not entries:
         click.echo(f"no feature sets in {_cache_path(cache_dir)}")
         return
     table = [("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED")]
-    for e in entries:
-        m = e.meta
-        shape = "x".join(map(str, m.get("feature_shape") or [])) or "-"
-        table.append((e.id, e.state, m.get("model", m.get("key", {}).get("extractor", {}).get("arch", "-")), m.get("layer", "-"),
-                      m.get("pool", "-"), m.get("n_rows", "-"), shape, _size(e.size_bytes), e.created or "-"))
+    for r in records:
+        shape = "x".join(map(str, r["feature_shape"] or [])) or "-"
+        table.append((r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
+                      "-" if r["rows"] is None else r["rows"], shape, _size(r["size_bytes"]), r["created"] or "-"))
     click.echo(_table(table))
+
+
+def _cache_record(e) -> dict:
+    m = e.meta
+    extractor = m.get("key", {}).get("extractor", {})  # all an interrupted extraction's header knows
+    return {"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
+            "model": m.get("model", extractor.get("arch")), "layer": m.get("layer", extractor.get("layer")),
+            "pool": m.get("pool", extractor.get("pool")), "rows": m.get("n_rows"), "feature_shape": m.get("feature_shape"),
+            "created": e.created}
 
 
 @cache.command("info")
@@ -292,9 +300,11 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
                   progress_bar=not quiet, head_params=fixed_params)
     if as_json:
         m = run.metrics
-        click.echo(json.dumps({"run": str(run.path), "head": head, "features": run.params["features"]["id"],
+        f = run.params["features"]
+        click.echo(json.dumps({"run": str(run.path), "head": head, "features": f["id"], "model": f["model"], "layer": f["layer"],
                                "best_params": m["best_params"], "cv_mean": m["best_cv_mean"], "cv_std": m["best_cv_std"],
-                               "test_accuracy": m["test"]["accuracy"], "fit_seconds": m["fit_seconds"]}))
+                               "test_accuracy": m["test"]["accuracy"], "test_images": m["test"]["n"],
+                               "fit_seconds": m["fit_seconds"]}))
     else:
         click.echo(run.summary())
         click.echo(f"test accuracy: {run.test_accuracy:.4f}")
@@ -337,6 +347,7 @@ def runs(sort, head, features, runs_dir, as_json):
     if as_json:
         click.echo(json.dumps([{"run": str(r.path), "head": r.params["head"], "features": r.params["features"]["id"],
                                 "model": r.params["features"]["model"], "layer": r.params["features"]["layer"],
+                                "pool": r.params["features"]["pool"],
                                 "best_params": r.metrics["best_params"], "cv_mean": r.metrics["best_cv_mean"],
                                 "cv_std": r.metrics["best_cv_std"], "test_accuracy": r.metrics["test"]["accuracy"],
                                 "fit_seconds": r.metrics["fit_seconds"]} for r in found]))
