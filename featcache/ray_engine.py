@@ -48,9 +48,9 @@ def _decode(batch: dict, preprocess, decode) -> dict:
     """Ray Data task: paths -> uint8 crops (failures become empty crops with a reason)."""
     from .images import Transform, crop_or_reason
 
-    transform, size = Transform(preprocess, decode), preprocess.crop_size
+    transform, (height, width) = Transform(preprocess, decode), preprocess.crop_hw
     n = len(batch["index"])
-    pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
+    pixels = np.zeros((n, 3, height, width), dtype=np.uint8)
     reasons = np.array([batch["reason"][i] for i in range(n)], dtype=object)
     for i in range(n):
         if reasons[i]:

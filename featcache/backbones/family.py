@@ -37,6 +37,10 @@ class Family:
     def preprocess(self, arch: str, weights: Weights) -> Preprocess:
         raise NotImplementedError
 
+    def architecture(self, arch: str, weights: Weights) -> str:
+        """What is built for ``weights``: the architecture, or a source's own name for them (timm's arch.tag)."""
+        return arch
+
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
         raise NotImplementedError
 

@@ -104,15 +104,17 @@ def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.
     return lambda x: extractor(x)[layer]
 
 
-def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int, model_name: str) -> tuple[int, ...]:
-    """Feature shape per image at ``size`` x ``size`` input, computed on the meta device."""
-    x = torch.empty(1, 3, size, size, device="meta")
+def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int | tuple[int, int],
+                 model_name: str) -> tuple[int, ...]:
+    """Feature shape per image at a ``size`` x ``size`` (or (height, width)) input, computed on the meta device."""
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.empty(1, 3, h, w, device="meta")
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = pool_features(body(x), pool)
     except Exception as err:  # the model rejects the size (maps shrink to zero, fixed-size ViT, ...)
-        smallest = smallest_size(body, size)
+        smallest = smallest_size(body, max(h, w))
         fix = f"use --image-size {smallest} or larger" if smallest else "use the model's own input size"
         raise ModelError(f"image size {size} is too small for {model_name} ({_first_line(err)}): {fix}") from None
     shape = tuple(int(s) for s in out.shape[1:])
