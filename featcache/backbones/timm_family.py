@@ -97,8 +97,12 @@ class TimmFamily(Family):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return timm.create_model(name, pretrained=True)
-        except Exception as err:  # huggingface_hub and urllib raise many different types offline
-            raise WeightsError(message) from err
+        except Exception as err:
+            if _is_offline_error(err):
+                raise WeightsError(message) from err
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise WeightsError(f"cannot build timm model {name} with pretrained weights {source} "
+                               f"({type(err).__name__}: {first})") from err
         finally:
             quiet.setLevel(level)
 
@@ -128,6 +132,30 @@ class TimmFamily(Family):
             warnings.simplefilter("ignore")
             extractor = create_feature_extractor(model, return_nodes=[layer])
         return graph.fx_body(extractor, layer), extractor
+
+
+def _is_offline_error(err: BaseException) -> bool:
+    """The weights file is not in the cache and the network cannot fetch it (here or in a cause)."""
+    import socket
+    from urllib.error import URLError
+
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    kinds: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
+                                              TimeoutError, socket.gaierror, URLError)
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+
+        kinds += (RequestsConnectionError,)
+    except ImportError:
+        pass
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kinds):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def preprocess_of(data: dict, arch: str) -> Preprocess:
