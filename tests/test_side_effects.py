@@ -31,3 +31,36 @@ def test_the_command_and_the_benches_still_set_omp_wait_policy_before_torch_load
     assert _python("import os, cli; print(os.environ.get('OMP_WAIT_POLICY'))") == "PASSIVE"
     bench = "import os, sys; sys.path.insert(0, 'bench'); import _common; print(os.environ.get('OMP_WAIT_POLICY'))"
     assert _python(bench) == "PASSIVE"
+
+
+def _rng_states():
+    import random
+
+    import numpy as np
+    import torch
+
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+
+def _same(a, b) -> bool:
+    return bool(a[0].equal(b[0]) and a[1] == b[1] and (a[2] == b[2]).all())
+
+
+def test_building_backbones_leaves_the_callers_random_generators_alone(tmp_path):
+    import torch
+
+    from featcache import backbones
+
+    family, arch = backbones.family_of("resnet18")
+    torch.manual_seed(0)
+    reference = family.build_random(arch).state_dict()  # what random init meant so far: seed 0, then build
+    torch.save(reference, tmp_path / "w.pth")
+    torch.manual_seed(1234)
+    before = _rng_states()
+    random_init = backbones.build(backbones.resolve("resnet18", weights="none", image_size=32))
+    backbones.build(backbones.resolve("resnet18", weights=str(tmp_path / "w.pth"), image_size=32))  # file weights
+    backbones.resolve("timm:resnet18", weights="none")  # builds on the meta device
+    backbones.resolve("regnet_y_400mf", weights="none")  # builds on the CPU, then moves to meta
+    assert _same(before, _rng_states())
+    built = {k.split(".", 1)[1]: v for k, v in random_init.state_dict().items()}  # inner.<name>
+    assert built and all(torch.equal(v, reference[k]) for k, v in built.items())  # random init: the same numbers

@@ -25,8 +25,10 @@ _POOL_FUNCTIONS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten", "mea
 
 
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
-    """Build without allocating parameters; fall back to the CPU for builders that need data."""
-    with warnings.catch_warnings():
+    """Build without allocating parameters; fall back to the CPU for builders that need data.
+
+    Either way the caller's random state is left as it was (a forked CPU generator)."""
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
