@@ -64,3 +64,28 @@ def test_building_backbones_leaves_the_callers_random_generators_alone(tmp_path)
     assert _same(before, _rng_states())
     built = {k.split(".", 1)[1]: v for k, v in random_init.state_dict().items()}  # inner.<name>
     assert built and all(torch.equal(v, reference[k]) for k, v in built.items())  # random init: the same numbers
+
+
+def test_a_failed_offline_lookup_leaves_huggingface_hubs_offline_flag_as_it_was(monkeypatch):
+    import huggingface_hub.constants as hub
+    import pytest
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from featcache import backbones
+    from featcache.errors import WeightsError
+
+    spec = backbones.resolve("timm:resnet18")
+    seen = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    monkeypatch.setenv("FEATCACHE_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with pytest.raises(WeightsError, match="offline"):
+        backbones.build(spec)
+    assert seen == [True]  # the cache alone was asked, at once ...
+    assert hub.HF_HUB_OFFLINE is False  # ... and only for that call

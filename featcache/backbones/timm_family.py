@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -84,17 +85,14 @@ class TimmFamily(Family):
         )
         import logging
 
-        import huggingface_hub.constants as hub
-
         # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,
         # instead of five retries per file.
-        if config.offline() or not config.resolvable("huggingface.co"):
-            hub.HF_HUB_OFFLINE = True
+        offline = config.offline() or not config.resolvable("huggingface.co")
         quiet = logging.getLogger("huggingface_hub")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _hub_offline(offline):
                 warnings.simplefilter("ignore")
                 return timm.create_model(name, pretrained=True)
         except Exception as err:
@@ -132,6 +130,19 @@ class TimmFamily(Family):
             warnings.simplefilter("ignore")
             extractor = create_feature_extractor(model, return_nodes=[layer])
         return graph.fx_body(extractor, layer), extractor
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub's offline flag, set for this build only (the hub reads it on every request)."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 def _is_offline_error(err: BaseException) -> bool:
