@@ -89,3 +89,24 @@ def test_a_failed_offline_lookup_leaves_huggingface_hubs_offline_flag_as_it_was(
         backbones.build(spec)
     assert seen == [True]  # the cache alone was asked, at once ...
     assert hub.HF_HUB_OFFLINE is False  # ... and only for that call
+
+
+PLOTS = """
+import sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("template")
+from featcache import report, sweeps
+out = Path(sys.argv[1])
+table = {"param_C": [0.1, 1.0, 10.0], "mean_test_score": [0.5, 0.7, 0.6], "std_test_score": [0.1, 0.1, 0.1]}
+paths = [report.plot_param(table, "C", out / "c.png", "C"), report.plot_confusion([[3, 1], [0, 4]], ["a", "b"], out / "m.png"),
+         report.plot_history([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}], out / "h.png"),
+         sweeps._plot_cost([{"head": "svm", "images_per_second": 10.0, "cv_mean": 0.9, "cv_std": 0.1, "model": "m",
+                             "weights": "pretrained", "layer": "l", "pool": "none"}], out / "s.png")]
+assert all(p.read_bytes().startswith(b"\\x89PNG") for p in paths), paths
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    assert _python(PLOTS.replace("sys.argv[1]", repr(str(tmp_path)))) == "template False"
