@@ -175,6 +175,7 @@ def run(forward: Forward, files: list[str], indices: list[int], known_bad: dict[
         pin_memory=options.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
+        generator=torch.Generator(),  # the workers' base seed is not drawn from the caller's generator
     )
     path_of = dict(zip(indices, files))
     pending: deque = deque()  # (indices, future or None, bad), committed in loader order

@@ -102,7 +102,8 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     bs = int(batch_size) if str(batch_size) != "auto" else engine.auto_batch_size(spec, dev)
     rows = ImageRows(files, list(range(len(files))), Transform(spec.backbone.preprocess, decode))
     loader = torch.utils.data.DataLoader(
-        rows, batch_size=bs, collate_fn=collate, num_workers=int(workers) if str(workers) != "auto" else engine.auto_workers(dev))
+        rows, batch_size=bs, collate_fn=collate, num_workers=int(workers) if str(workers) != "auto" else engine.auto_workers(dev),
+        generator=torch.Generator())  # the workers' base seed is not drawn from the caller's generator
     names = run.params["class_names"]
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)

@@ -110,3 +110,67 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
     assert _python(PLOTS.replace("sys.argv[1]", repr(str(tmp_path)))) == "template False"
+
+
+SESSION = """
+import json, logging, os, random, sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("template")
+import numpy as np
+import torch
+import huggingface_hub.constants as hub
+import torchvision.models  # noqa: F401  (importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR: torch's doing)
+engine, work = sys.argv[1], Path(sys.argv[2])
+torch.manual_seed(7); random.seed(7); np.random.seed(7)
+torch.set_num_threads(3)
+if engine == "ray":
+    import ray.data
+import featcache
+from featcache import report
+from featcache.runs import load_run
+from tests.conftest import make_images
+
+data = make_images(work / "data", classes=("a", "b"), per_class=6, size=(40, 40))
+
+def state():
+    s = {"env": dict(os.environ), "torch_rng": torch.get_rng_state().tolist(), "python_rng": random.getstate(),
+         "numpy_rng": np.random.get_state()[1].tolist(), "threads": torch.get_num_threads(),
+         "interop_threads": torch.get_num_interop_threads(), "backend": matplotlib.get_backend(),
+         "pyplot": "matplotlib.pyplot" in sys.modules, "hf_offline": hub.HF_HUB_OFFLINE,
+         "loggers": {n: logging.getLogger(n).level for n in ("", "ray", "ray.data", "huggingface_hub")}}
+    if engine == "ray":
+        ctx = ray.data.DataContext.get_current()
+        s["ray_data"] = [ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start]
+    return s
+
+before = state()
+result = featcache.extract(data, model="resnet18", weights="none", image_size=32, cache_dir=work / "cache",
+                           engine=engine, progress_bar=False)
+run = featcache.fit(head="logreg", params={"C": [1.0, 10.0]}, cv=2, cache_dir=work / "cache", runs_dir=work / "runs",
+                    backend="ray" if engine == "ray" else "local", n_jobs=2, progress_bar=False)
+report.render_run(load_run(run.path))
+featcache.predict([data / "a"], run.path, cache_dir=work / "cache", progress_bar=False)
+after = state()
+changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+if "env" in changed:
+    b, a = changed["env"]
+    changed["env"] = {k: (b.get(k), a.get(k)) for k in set(b) | set(a) if b.get(k) != a.get(k)}
+for k in ("torch_rng", "python_rng", "numpy_rng"):
+    if k in changed:
+        changed[k] = "changed"
+print("CHANGED " + json.dumps(changed, default=str))
+"""
+
+
+def _session(engine: str, tmp_path) -> dict:
+    import json
+
+    out = _python(SESSION.replace("sys.argv[1], Path(sys.argv[2])", f"{engine!r}, Path({str(tmp_path)!r})"),
+                  env={"FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+    line = next(l for l in out.splitlines() if l.startswith("CHANGED "))
+    return json.loads(line[len("CHANGED "):])
+
+
+def test_extract_fit_and_report_leave_the_callers_session_as_it_was(tmp_path):
+    assert _session("local", tmp_path) == {}
