@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import warnings
 
 import numpy as np
@@ -42,6 +43,60 @@ def connect(address: str | None = None, num_cpus: int | None = None):
             raise FeatcacheError(f"cannot start or join {where} ({str(err).splitlines()[0][:120]}): "
                                  "check `ray status`, or drop --engine ray") from None
     return ray
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, num_cpus: int | None = None):
+    """Ray for the length of one featcache call, leaving the caller's process as it was.
+
+    A connection the caller made (``ray.init``) is used as it is and kept. Otherwise featcache joins
+    ``address`` or starts a local Ray and disconnects (a local Ray stops) afterwards, restoring the
+    environment variables and Python random state that connecting changes. The levels and handlers
+    of Ray's loggers are restored either way.
+    """
+    ray = _ray()
+    with _loggers_kept("ray", "ray.data"):
+        if ray.is_initialized():
+            yield ray
+            return
+        environ, rng = dict(os.environ), random.getstate()
+        connect(address, num_cpus)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            for name in set(os.environ) - set(environ):
+                del os.environ[name]
+            os.environ.update(environ)
+            random.setstate(rng)
+
+
+@contextlib.contextmanager
+def _loggers_kept(*names: str):
+    saved = {n: (lg.level, lg.handlers[:], lg.propagate) for n in names for lg in [logging.getLogger(n)]}
+    try:
+        yield
+    finally:
+        for name, (level, handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _data_options(ray):
+    """featcache's Ray Data settings for one pipeline; the caller's DataContext is restored afterwards."""
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # featcache draws its own bar
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # restored by session()
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
 def _decode(batch: dict, preprocess, decode) -> dict:
@@ -95,16 +150,15 @@ class _Backbone:
 def run(spec, files, indices, known_bad, staging, options, decode, dtype, progress, address=None) -> int:
     if not indices:
         return 0
-    ray = connect(address)
+    with session(address) as ray, _data_options(ray):
+        return _run(ray, spec, files, indices, known_bad, staging, options, decode, dtype, progress)
+
+
+def _run(ray, spec, files, indices, known_bad, staging, options, decode, dtype, progress) -> int:
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device.type == "cuda" else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = gpus or max(1, min(4, cpus // 2))
     items = [{"index": int(i), "path": f, "reason": known_bad.get(int(i), "")} for i, f in zip(indices, files)]
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False  # featcache draws its own bar
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
     ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": decode},
                         batch_size=options.batch_size, num_cpus=1)
@@ -132,10 +186,10 @@ def run(spec, files, indices, known_bad, staging, options, decode, dtype, progre
 @contextlib.contextmanager
 def joblib_backend(n_jobs: int):
     """Run joblib.Parallel calls (the grid search's candidates x folds) as Ray tasks."""
-    connect(os.environ.get("RAY_ADDRESS"))
-    from joblib import parallel_backend
-    from ray.util.joblib import register_ray
+    with session(os.environ.get("RAY_ADDRESS")):
+        from joblib import parallel_backend
+        from ray.util.joblib import register_ray
 
-    register_ray()
-    with parallel_backend("ray", n_jobs=n_jobs):
-        yield
+        register_ray()
+        with parallel_backend("ray", n_jobs=n_jobs):
+            yield

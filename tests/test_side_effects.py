@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -174,3 +176,10 @@ def _session(engine: str, tmp_path) -> dict:
 
 def test_extract_fit_and_report_leave_the_callers_session_as_it_was(tmp_path):
     assert _session("local", tmp_path) == {}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_ray_engine_and_backend_leave_the_callers_session_as_it_was(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
+    assert _session("ray", tmp_path) == {}
