@@ -186,21 +186,28 @@ def cache_list(cache_dir, as_json):
     from featcache import cache as c
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
+    records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
     if as_json:
-        click.echo(json.dumps([{"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
-                                "model": e.meta.get("model"), "layer": e.meta.get("layer"), "rows": e.meta.get("n_rows"),
-                                "created": e.created} for e in entries]))
+        click.echo(json.dumps(records))
         return
     if not entries:
         click.echo(f"no feature sets in {_cache_path(cache_dir)}")
         return
     table = [("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED")]
-    for e in entries:
-        m = e.meta
-        shape = "x".join(map(str, m.get("feature_shape") or [])) or "-"
-        table.append((e.id, e.state, m.get("model", m.get("key", {}).get("extractor", {}).get("arch", "-")), m.get("layer", "-"),
-                      m.get("pool", "-"), m.get("n_rows", "-"), shape, _size(e.size_bytes), e.created or "-"))
+    for r in records:
+        shape = "x".join(map(str, r["feature_shape"] or [])) or "-"
+        table.append((r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
+                      "-" if r["rows"] is None else r["rows"], shape, _size(r["size_bytes"]), r["created"] or "-"))
     click.echo(_table(table))
+
+
+def _cache_record(e) -> dict:
+    m = e.meta
+    extractor = m.get("key", {}).get("extractor", {})  # all an interrupted extraction's header knows
+    return {"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
+            "model": m.get("model", extractor.get("arch")), "layer": m.get("layer", extractor.get("layer")),
+            "pool": m.get("pool", extractor.get("pool")), "rows": m.get("n_rows"), "feature_shape": m.get("feature_shape"),
+            "created": e.created}
 
 
 @cache.command("info")

@@ -215,6 +215,7 @@ def batches(files: list[str], indices: list[int], known_bad: dict[int, str], pre
         pin_memory=options.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
+        generator=torch.Generator(),  # the workers' base seed is not drawn from the caller's generator
     )
     for batch_indices, batch, bad in loader:
         ready = None
