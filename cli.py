@@ -187,18 +187,21 @@ def cache_list(cache_dir, as_json):
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
     records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
+    _listing(records, as_json, f"no feature sets in {_cache_path(cache_dir)}",
+             ("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED"),
+             lambda r: (r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
+                        "-" if r["rows"] is None else r["rows"], "x".join(map(str, r["feature_shape"] or [])) or "-",
+                        _size(r["size_bytes"]), r["created"] or "-"))
+
+
+def _listing(records: list[dict], as_json: bool, empty: str, header: tuple, row) -> None:
+    """Records as JSON, or as a table of ``row(record)`` under ``header``, or a line saying there are none."""
     if as_json:
         click.echo(json.dumps(records))
-        return
-    if not entries:
-        click.echo(f"no feature sets in {_cache_path(cache_dir)}")
-        return
-    table = [("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED")]
-    for r in records:
-        shape = "x".join(map(str, r["feature_shape"] or [])) or "-"
-        table.append((r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
-                      "-" if r["rows"] is None else r["rows"], shape, _size(r["size_bytes"]), r["created"] or "-"))
-    click.echo(_table(table))
+    elif not records:
+        click.echo(empty)
+    else:
+        click.echo(_table([header] + [row(r) for r in records]))
 
 
 def _cache_record(e) -> dict:
@@ -339,18 +342,11 @@ def runs(sort, head, features, runs_dir, as_json):
     key = keys[sort]
     found.sort(key=lambda r: tuple(r[k] for k in key) if isinstance(key, tuple) else r[key],
                reverse=sort in ("cv", "test"))
-    if as_json:
-        click.echo(json.dumps(found))
-        return
-    if not found:
-        click.echo(f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one")
-        return
-    table = [("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S")]
-    for r in found:
-        best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-"
-        table.append((r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}", best,
-                      f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['fit_seconds']:.2f}"))
-    click.echo(_table(table))
+    _listing(found, as_json, f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one",
+             ("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S"),
+             lambda r: (r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}",
+                        ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-",
+                        f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['fit_seconds']:.2f}"))
 
 
 @main.command(short_help="Re-render or compare runs and sweeps.")
