@@ -190,21 +190,31 @@ def cache_list(cache_dir, as_json):
     from featcache import cache as c
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
+    records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
+    _listing(records, as_json, f"no feature sets in {_cache_path(cache_dir)}",
+             ("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED"),
+             lambda r: (r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
+                        "-" if r["rows"] is None else r["rows"], "x".join(map(str, r["feature_shape"] or [])) or "-",
+                        _size(r["size_bytes"]), r["created"] or "-"))
+
+
+def _listing(records: list[dict], as_json: bool, empty: str, header: tuple, row) -> None:
+    """Records as JSON, or as a table of ``row(record)`` under ``header``, or a line saying there are none."""
     if as_json:
-        click.echo(json.dumps([{"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
-                                "model": e.meta.get("model"), "layer": e.meta.get("layer"), "rows": e.meta.get("n_rows"),
-                                "created": e.created} for e in entries]))
-        return
-    if not entries:
-        click.echo(f"no feature sets in {_cache_path(cache_dir)}")
-        return
-    table = [("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED")]
-    for e in entries:
-        m = e.meta
-        shape = "x".join(map(str, m.get("feature_shape") or [])) or "-"
-        table.append((e.id, e.state, m.get("model", m.get("key", {}).get("extractor", {}).get("arch", "-")), m.get("layer", "-"),
-                      m.get("pool", "-"), m.get("n_rows", "-"), shape, _size(e.size_bytes), e.created or "-"))
-    click.echo(_table(table))
+        click.echo(json.dumps(records))
+    elif not records:
+        click.echo(empty)
+    else:
+        click.echo(_table([header] + [row(r) for r in records]))
+
+
+def _cache_record(e) -> dict:
+    m = e.meta
+    extractor = m.get("key", {}).get("extractor", {})  # all an interrupted extraction's header knows
+    return {"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
+            "model": m.get("model", extractor.get("arch")), "layer": m.get("layer", extractor.get("layer")),
+            "pool": m.get("pool", extractor.get("pool")), "rows": m.get("n_rows"), "feature_shape": m.get("feature_shape"),
+            "created": e.created}
 
 
 @cache.command("info")
@@ -365,18 +375,11 @@ def runs(sort, head, features, runs_dir, as_json):
     key = keys[sort]
     found.sort(key=lambda r: tuple(r[k] for k in key) if isinstance(key, tuple) else r[key],
                reverse=sort in ("cv", "test"))
-    if as_json:
-        click.echo(json.dumps(found))
-        return
-    if not found:
-        click.echo(f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one")
-        return
-    table = [("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S")]
-    for r in found:
-        best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-"
-        table.append((r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}", best,
-                      f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['fit_seconds']:.2f}"))
-    click.echo(_table(table))
+    _listing(found, as_json, f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one",
+             ("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S"),
+             lambda r: (r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}",
+                        ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-",
+                        f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['fit_seconds']:.2f}"))
 
 
 @main.command(short_help="Re-render or compare runs and sweeps.")

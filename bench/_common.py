@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 HYMENOPTERA = (REPO.parent / "shared" / "data" / "hymenoptera").resolve()
 
+# What the `featcache` command sets before torch loads (cli.py; importing featcache sets nothing), so the
+# benches and the processes they start measure featcache as the command runs it. This module is
+# imported before torch by every bench.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if str(REPO) not in sys.path:  # featcache is installed editable, but be robust to a bare checkout
     sys.path.insert(0, str(REPO))
 

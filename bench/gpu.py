@@ -446,14 +446,14 @@ def section_extract(bench: Bench, args, dev, data: dict[str, Path], models: list
     best = lambda m: bench.r["forward"].get(m, {}).get("best_batch") or 128  # noqa: E731
     plan = [
         (head, "small", data["small"], "default", {}),
-        (head, "small", data["small"], f"workers={w}", {"workers": w}),
+        (head, "small", data["small"], "workers=8, batch=128 (run 1 defaults)", {"workers": 8, "batch_size": 128}),
         (head, "small", data["small"], "decode gpu", {"decode": "gpu"}),
+        (head, "small", data["small"], f"decode gpu, batch={best(head)}", {"decode": "gpu", "batch_size": best(head)}),
         (head, "large", data["large"], "default", {}),
         (head, "large", data["large"], "decode gpu", {"decode": "gpu"}),
         (head, "small", data["small"], f"workers={w}, batch={best(head)}", {"workers": w, "batch_size": best(head)}),
         (head, "small", data["small"], f"workers={w}, streams=2", {"workers": w, "streams": 2}),
         (head, "small", data["small"], "decode gpu, streams=2", {"decode": "gpu", "streams": 2}),
-        (head, "small", data["small"], f"decode gpu, batch={best(head)}", {"decode": "gpu", "batch_size": best(head)}),
         (head, "large", data["large"], f"workers={w}", {"workers": w}),
         (head, "large", data["large"], f"no draft, workers={w}", {"workers": w, "draft": False}),
         (head, "large", data["large"], "decode gpu, streams=2", {"decode": "gpu", "streams": 2}),

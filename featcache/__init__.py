@@ -6,17 +6,14 @@
         X, y = fs.load(), fs.labels
     run = featcache.fit(head="svm", features=result.id)         # grid search, report, saved head
 
-Heavy modules (torch, h5py) load on first use, so importing featcache is cheap.
+Heavy modules (torch, h5py) load on first use, so importing featcache is cheap, and it changes nothing
+in the caller's process: process-wide policy (``OMP_WAIT_POLICY=PASSIVE`` before torch loads, which
+keeps 2-thread inference fast when another process holds a core) is set by the ``featcache`` command only.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-
-# Effective only if torch is not imported yet: OpenMP threads sleep instead of spinning, which keeps
-# 2-thread inference fast when another process holds a core (bench/RESULTS.md, "Levers").
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
     "extract", "open_features", "fit", "predict", "sweep", "list_models", "FeatureSet", "ExtractResult",

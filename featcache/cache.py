@@ -92,12 +92,13 @@ def find(ref: str | os.PathLike, root: Path | None = None) -> Path:
         return path
     root = config.cache_dir(root)
     ref = str(ref)
-    complete = [e for e in entries(root) if e.state == "complete" and e.id.startswith(ref)]
+    listed = [e for e in entries(root) if e.id.startswith(ref)]  # one pass: each file's attributes read once
+    complete = [e for e in listed if e.state == "complete"]
     if len(complete) == 1:
         return complete[0].path
     if len(complete) > 1:
         raise CacheError(f"feature-set id {ref!r} is ambiguous ({', '.join(e.id for e in complete[:4])}): give more characters")
-    partial = [e for e in entries(root) if e.state in ("partial", "shard", "unreadable") and e.id.startswith(ref)]
+    partial = [e for e in listed if e.state in ("partial", "shard", "unreadable")]
     if partial:
         e = partial[0]
         if e.state == "unreadable":

@@ -35,6 +35,7 @@ from .manifest import display
 from .tuning import usable_cores
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+WRITE_AHEAD = 2  # batches waiting for the writer thread before the loop waits for it (memory stays flat)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class Forward:
 
     @property
     def is_compiled(self) -> bool:
-        """Whether batches still go through the compiled module (False after falling back to eager)."""
+        """Whether batches run through the compiled module: False without compilation, and once a
+        failed compilation has fallen back to eager."""
         return self.model is not self.eager
 
     @torch.inference_mode()
@@ -213,6 +215,7 @@ def batches(files: list[str], indices: list[int], known_bad: dict[int, str], pre
         pin_memory=options.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         persistent_workers=False,
+        generator=torch.Generator(),  # the workers' base seed is not drawn from the caller's generator
     )
     for batch_indices, batch, bad in loader:
         ready = None
@@ -232,32 +235,38 @@ def run(job: Job, forward: Forward, progress) -> int:
     options = job.options
     loader = batches(job.files, job.indices, job.known_bad, job.spec.backbone.preprocess, job.decode, options)
     path_of = dict(zip(job.indices, job.files))
-    pending: deque = deque()  # (indices, future or None, bad), committed in loader order
-    done = 0
+    pending: deque = deque()  # (indices, forward future or None, bad): batches on the device, in loader order
+    writes: deque = deque()  # commit futures, in order
 
-    def commit_oldest() -> None:
-        nonlocal done
-        batch_indices, future, bad = pending.popleft()
+    def commit(batch_indices, future, bad) -> int:
         features = None
         if future is not None:
             features = to_storage(future.result(), job.dtype, display(path_of[int(batch_indices[0])]))
         job.staging.commit(batch_indices.numpy(), features, bad)
-        done += len(batch_indices) + len(bad)
         progress.update(len(batch_indices) + len(bad))
+        return len(batch_indices) + len(bad)
 
+    done = 0
     streams = max(1, options.streams)
     threads = torch.get_num_threads()
     if streams > 1:
         torch.set_num_threads(max(1, usable_cores() // streams))
+    # One writer thread commits batches in order, so the main thread goes on decoding and feeding the
+    # device while a batch is copied back and saved (on the GPU the main thread is the bottleneck).
     try:
-        with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool:
+        with ThreadPoolExecutor(streams, thread_name_prefix="featcache-forward") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="featcache-commit") as writer:
             for batch_indices, batch, ready, bad in loader:
                 job.refuse(bad)
                 pending.append((batch_indices, pool.submit(forward, batch, ready) if batch is not None else None, bad))
                 while len(pending) > streams:
-                    commit_oldest()
+                    writes.append(writer.submit(commit, *pending.popleft()))
+                while len(writes) > WRITE_AHEAD:
+                    done += writes.popleft().result()
             while pending:
-                commit_oldest()
+                writes.append(writer.submit(commit, *pending.popleft()))
+            while writes:
+                done += writes.popleft().result()
     finally:
         torch.set_num_threads(threads)
     return done

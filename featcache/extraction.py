@@ -67,6 +67,7 @@ class ExtractResult:
             "cache_hit": self.cache_hit, "extracted": self.extracted, "reused": self.reused, "resumed": self.resumed,
             "images_per_second": self.images_per_second, "seconds": round(self.seconds, 3),
             "skipped": [{"path": display(p), "reason": r} for p, r in self.skipped],
+            "ignored": [display(p) for p in self.ignored],
             "unlisted": [display(p) for p in self.unlisted],
         }
 

@@ -133,7 +133,7 @@ def _pixels(err: Exception) -> str:
 
 
 class Transform:
-    """PIL RGB -> uint8 (3, crop, crop) tensor: resize the shorter side, then center crop.
+    """PIL RGB -> uint8 (3, height, width) tensor: resize, then crop as ``Preprocess.crop_mode`` says.
 
     Normalisation happens on whole batches (``normalize``), on the device, so workers ship uint8.
     """
@@ -150,9 +150,19 @@ class Transform:
         from torchvision.transforms.v2 import functional as F
 
         p = self.preprocess
-        img = open_rgb(path, min_size=p.resize_size, draft=self.decode.draft)
-        img = F.resize(img, [p.resize_size], interpolation=self.interpolation, antialias=True)
-        img = F.center_crop(img, [p.crop_size, p.crop_size])
+        img = open_rgb(path, min_size=max(p.resize_hw), draft=self.decode.draft)
+        if p.crop_mode == "squash":
+            img = F.resize(img, list(p.resize_hw), interpolation=self.interpolation, antialias=True)
+        elif p.crop_mode == "center" and isinstance(p.resize_size, int):
+            img = F.resize(img, [p.resize_size], interpolation=self.interpolation, antialias=True)
+        else:  # timm's own resize: cover a (height, width) crop (center), or fit inside it (border)
+            from timm.data.transforms import ResizeKeepRatio, center_crop_or_pad
+
+            longest = 1.0 if p.crop_mode == "border" else 0.0
+            img = ResizeKeepRatio(p.resize_hw, longest=longest, interpolation=p.interpolation)(img)
+            if p.crop_mode == "border":
+                return F.pil_to_tensor(center_crop_or_pad(img, list(p.crop_hw), fill=[round(255 * m) for m in p.mean]))
+        img = F.center_crop(img, list(p.crop_hw))
         return F.pil_to_tensor(img)
 
 

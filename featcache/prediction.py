@@ -18,7 +18,7 @@ from .errors import CacheError, FeatcacheError, RunError
 from .extract_config import ExtractConfig, count_or_auto
 from .manifest import IMAGE_EXTENSIONS, _walk_files, display
 from .runs import load_run
-from .store import FeatureSet, verify
+from .store import FeatureSet
 
 
 @dataclass
@@ -61,12 +61,16 @@ def feature_set_of(run, cache_dir=None) -> Path:
                 f"the feature set {f['id']} of run {run.name} is missing (was {f['path']}): "
                 "predict needs it to rebuild the backbone; extract it again or pass --cache-dir"
             ) from None
-    problems = verify(path)
-    if problems:
-        raise RunError(f"the feature set {f['id']} of run {run.name} is damaged ({problems[0]}): re-extract and fit again")
-    with FeatureSet(path) as fs:
-        if fs.meta.get("content_sha256") != f.get("content_sha256"):
-            raise RunError(f"feature set {path.name} is not the one run {run.name} was fitted on (content hash differs): fit again")
+    # Prediction reads the set's attributes only (its rows are not used), so their recorded identity is
+    # checked here; reading every chunk is `featcache cache verify`'s job, and `fit`'s.
+    try:
+        with FeatureSet(path) as fs:
+            recorded = fs.meta
+    except CacheError as err:
+        raise RunError(f"the feature set {f['id']} of run {run.name} is damaged ({err}): re-extract and fit again") from err
+    differs = [name for name in ("id", "key", "content_sha256") if recorded.get(name) != f.get(name)]
+    if differs:
+        raise RunError(f"feature set {path.name} is not the one run {run.name} was fitted on ({', '.join(differs)} differ): fit again")
     return path
 
 

@@ -9,8 +9,10 @@ the same id, metadata, row order, resume and cache semantics whichever engine ma
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import random
 import warnings
 
 import numpy as np
@@ -35,7 +37,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     if not ray.is_initialized():
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
+                     log_to_driver=False, configure_logging=False, ignore_reinit_error=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             raise FeatcacheError(f"cannot start or join {where} ({str(err).splitlines()[0][:120]}): "
@@ -43,13 +45,122 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
+@contextlib.contextmanager
+def session(address: str | None = None, num_cpus: int | None = None):
+    """Ray for the length of one featcache call, leaving the caller's process as it was.
+
+    A connection the caller made (``ray.init``) is used as it is and kept. Otherwise featcache joins
+    ``address`` or starts a local Ray and disconnects (a local Ray stops) afterwards, restoring the
+    environment variables and Python random state that connecting changes. The levels and handlers
+    of Ray's loggers are restored either way.
+    """
+    ray = _ray()
+    with _loggers_kept("ray", "ray.data"), _ray_lines_to_log_folder(ray) as held:
+        if ray.is_initialized():
+            yield ray
+            return
+        environ, rng = dict(os.environ), random.getstate()
+        with contextlib.redirect_stderr(held.stream):  # ray.init drops the "ray" logger's handlers, then logs
+            connect(address, num_cpus)
+        held.attach()
+        held.locate(ray)
+        try:
+            yield ray
+        finally:
+            held.write()  # while connected: Ray's log folder is known
+            ray.shutdown()
+            for name in set(os.environ) - set(environ):
+                del os.environ[name]
+            os.environ.update(environ)
+            random.setstate(rng)
+
+
+class _HeldLines(logging.Handler):
+    """Ray's driver-side log records during a featcache call, appended to featcache-driver.log in Ray's log folder."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"))
+        self.lines: list[str] = []
+        self.stream = io.StringIO()  # what Ray writes to stderr while connecting
+        self.folder: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def attach(self) -> None:
+        for name in ("ray", "ray.data"):
+            logger = logging.getLogger(name)
+            logger.handlers[:] = [h for h in logger.handlers if not _console(h) and h is not self] + [self]
+            logger.propagate = False
+
+    def locate(self, ray) -> None:
+        with contextlib.suppress(Exception):  # the driver's node record is internal to Ray
+            self.folder = self.folder or ray._private.worker._global_node.get_logs_dir_path()
+
+    def write(self) -> None:
+        text = self.stream.getvalue() + "".join(line + "\n" for line in self.lines)
+        if text and self.folder:
+            with contextlib.suppress(OSError), open(os.path.join(self.folder, "featcache-driver.log"), "a") as f:
+                f.write(text)
+        self.lines.clear()
+        self.stream = io.StringIO()
+
+
+@contextlib.contextmanager
+def _ray_lines_to_log_folder(ray):
+    """Keep the terminal to featcache's lines: Ray's console handlers (its token-authentication notice,
+    joblib's "'context' argument is not supported") are set aside for the call and the records go to
+    Ray's log folder instead. ``session`` restores the handlers."""
+    held = _HeldLines()
+    held.attach()
+    if ray.is_initialized():
+        held.locate(ray)
+    try:
+        yield held
+    finally:
+        held.write()
+
+
+def _console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+@contextlib.contextmanager
+def _loggers_kept(*names: str):
+    saved = {n: (lg.level, lg.handlers[:], lg.propagate) for n in names for lg in [logging.getLogger(n)]}
+    try:
+        yield
+    finally:
+        for name, (level, handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _data_options(ray):
+    """featcache's Ray Data settings for one pipeline; the caller's DataContext is restored afterwards."""
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # featcache draws its own bar
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # restored by session()
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+
+
 def _decode(batch: dict, preprocess, decode) -> dict:
     """Ray Data task: paths -> uint8 crops (failures become empty crops with a reason)."""
     from .images import Transform, crop_or_reason
 
-    transform, size = Transform(preprocess, decode), preprocess.crop_size
+    transform, (height, width) = Transform(preprocess, decode), preprocess.crop_hw
     n = len(batch["index"])
-    pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
+    pixels = np.zeros((n, 3, height, width), dtype=np.uint8)
     reasons = np.array([batch["reason"][i] for i in range(n)], dtype=object)
     for i in range(n):
         if reasons[i]:
@@ -95,17 +206,16 @@ def run(job, progress, address=None) -> int:
     """Extract ``job`` (an ``engine.Job``) on Ray; rows come back to this process in order."""
     if not job.indices:
         return 0
+    with session(address) as ray, _data_options(ray):
+        return _run(ray, job, progress)
+
+
+def _run(ray, job, progress) -> int:
     spec, options = job.spec, job.options
-    ray = connect(address)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device.type == "cuda" else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = gpus or max(1, min(4, cpus // 2))
     items = [{"index": int(i), "path": f, "reason": job.known_bad.get(int(i), "")} for i, f in zip(job.indices, job.files)]
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False  # featcache draws its own bar
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
     ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": job.decode},
                         batch_size=options.batch_size, num_cpus=1)
@@ -131,10 +241,10 @@ def run(job, progress, address=None) -> int:
 @contextlib.contextmanager
 def joblib_backend(n_jobs: int):
     """Run joblib.Parallel calls (the grid search's candidates x folds) as Ray tasks."""
-    connect(os.environ.get("RAY_ADDRESS"))
-    from joblib import parallel_backend
-    from ray.util.joblib import register_ray
+    with session(os.environ.get("RAY_ADDRESS")):
+        from joblib import parallel_backend
+        from ray.util.joblib import register_ray
 
-    register_ray()
-    with parallel_backend("ray", n_jobs=n_jobs):
-        yield
+        register_ray()
+        with parallel_backend("ray", n_jobs=n_jobs):
+            yield

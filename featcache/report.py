@@ -90,7 +90,7 @@ def _inline(text: str) -> str:
     """Escape, then turn `code`, **bold** and [label](link) into tags (the only inline Markdown we emit)."""
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*\*([^*\s](?:[^*]*[^*\s])?)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 
@@ -102,19 +102,16 @@ def write(directory: Path, stem: str, blocks: list[Block], title: str) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
+def figure(figsize: tuple[float, float], dpi: int = 110):
+    """A matplotlib Figure of its own (no pyplot): the caller's backend and open figures are untouched."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, dpi=dpi)
 
 
 def save(fig, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out)
-    _plt().close(fig)
+    fig.savefig(out)  # a PNG through the Agg canvas, whatever backend the process uses
     return out
 
 
@@ -131,8 +128,8 @@ def plot_param(table: dict, name: str, out: Path, title: str) -> Path | None:
         return None
     mean, std = np.array(table["mean_test_score"]), np.array(table["std_test_score"])
     best = [int(np.argmax(np.where(np.array([v == d for v in values]), mean, -np.inf))) for d in distinct]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    fig = figure((5.5, 3.6))
+    ax = fig.subplots()
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
     xs = distinct if numeric else list(range(len(distinct)))
     ax.errorbar(xs, mean[best], yerr=std[best], marker="o", capsize=4)
@@ -151,9 +148,9 @@ def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path
     if not matrix:
         return None
     m = np.array(matrix)
-    plt = _plt()
     size = max(3.5, 0.45 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+    fig = figure((size, size * 0.85))
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -169,9 +166,9 @@ def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path
 def plot_history(history: list[dict], out: Path) -> Path | None:
     if not history:
         return None
-    plt = _plt()
     epochs = [h["epoch"] for h in history]
-    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    fig = figure((9, 3.4))
+    loss, acc = fig.subplots(1, 2)
     for key, axis in (("loss", loss), ("accuracy", acc)):
         axis.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
         valid = [h.get(f"valid_{key}") for h in history]
@@ -278,9 +275,9 @@ def compare_blocks(runs: list, out: Path) -> list[Block]:
 
 
 def plot_comparison(runs: list, out: Path) -> Path:
-    plt = _plt()
     runs = sorted(runs, key=lambda r: -r.metrics.best_cv_mean)
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(runs) + 2), 3.8), dpi=110)
+    fig = figure((max(5, 1.1 * len(runs) + 2), 3.8))
+    ax = fig.subplots()
     xs = range(len(runs))
     ax.errorbar(xs, [r.metrics.best_cv_mean for r in runs], yerr=[r.metrics.best_cv_std for r in runs],
                 fmt="o", capsize=4, label="CV mean +- std")

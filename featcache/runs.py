@@ -146,7 +146,8 @@ class Run:
         return {"run": str(self.path), "name": self.name, "head": p.head, "features": p.feature_id,
                 "model": p.features["model"], "layer": p.features["layer"], "pool": p.features["pool"],
                 "best_params": m.best_params, "cv_mean": m.best_cv_mean, "cv_std": m.best_cv_std,
-                "test_accuracy": m.test.accuracy, "fit_seconds": m.fit_seconds, "created": p.created}
+                "test_accuracy": m.test.accuracy, "test_images": m.test.n, "fit_seconds": m.fit_seconds,
+                "created": p.created}
 
 
 def _fmt(v) -> str:

@@ -364,10 +364,10 @@ def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
 
 
 def _plot_cost(rows: list[dict], path: Path) -> Path:
-    from .report import _plt, save
+    from .report import figure, save
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = figure((7, 4.2))
+    ax = fig.subplots()
     heads = sorted({r["head"] for r in rows})
     for k, head in enumerate(heads):
         mine = [r for r in rows if r["head"] == head]

@@ -1,11 +1,18 @@
-"""Shared fixtures: tiny real image folders on disk and a real ``featcache`` subprocess."""
+"""Shared fixtures: tiny real image folders on disk and a real ``featcache`` subprocess.
+
+Every test runs in an empty working directory of its own (``outside_the_repo``), so featcache's
+defaults (``./data``, ``./.featcache``, ``./runs``, ``./sweeps``) never resolve to the repository's
+own folders, and a test that writes under those folders of the repository fails.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +20,45 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+GUARDED = ("data", ".featcache", "runs", "sweeps")  # the repository's folders that featcache's defaults name
+PAUSE_AFTER, PAUSE_FILE = "FEATCACHE_TEST_PAUSE_AFTER", "FEATCACHE_TEST_PAUSE_FILE"  # featcache/staging.py's test hook
+
+
+def pytest_configure(config):
+    # scikit-learn's estimator checks include an array-API check (array API dispatch on, NumPy
+    # inputs) that skips itself unless SCIPY_ARRAY_API is set; SciPy reads it when it is first
+    # imported, which is after this hook. The CLI subprocesses run without it (cli_env), as users do.
+    os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+
+def _listing(root: Path) -> dict:
+    """Every path (with its size and mtime) under the repository's guarded folders."""
+    out = {}
+    for name in GUARDED:
+        folder = root / name
+        if folder.exists():
+            out[name] = sorted((str(p.relative_to(root)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*"))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cwd(tmp_path_factory):
+    """Module- and session-scoped fixtures run outside the repository too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def outside_the_repo(tmp_path_factory, monkeypatch):
+    """Run the test in a fresh empty working directory; fail it if it wrote under the repository's
+    data/, .featcache/, runs/ or sweeps/ (it cannot read them: relative defaults resolve here)."""
+    before = _listing(ROOT)
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    yield cwd
+    after = _listing(ROOT)
+    assert after == before, f"the test wrote under the repository's own {', '.join(n for n in GUARDED if after.get(n) != before.get(n))}"
 
 
 def make_images(root: Path, classes=("cats", "dogs"), per_class: int = 6, size=(48, 40), split: str | None = None,
@@ -41,10 +87,10 @@ def cache_dir(tmp_path) -> Path:
 
 
 def cli_env(**extra) -> dict:
-    env = {**os.environ, "FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **extra}
-    env.pop("FEATCACHE_CACHE_DIR", None)
-    env.pop("FEATCACHE_RUNS_DIR", None)
-    return env
+    env = {**os.environ, "FEATCACHE_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    for name in ("FEATCACHE_CACHE_DIR", "FEATCACHE_RUNS_DIR", "SCIPY_ARRAY_API", PAUSE_AFTER, PAUSE_FILE):
+        env.pop(name, None)
+    return {**env, **extra}
 
 
 def featcache_command() -> list[str]:
@@ -52,10 +98,65 @@ def featcache_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
+def _outside_repo(cwd) -> Path:
+    cwd = Path(os.getcwd() if cwd is None else cwd).resolve()
+    if cwd == ROOT or ROOT in cwd.parents:
+        raise AssertionError(f"a featcache subprocess must not run inside the repository ({cwd}): its ./data, "
+                             "./.featcache and ./runs would be the repository's")
+    return cwd
+
+
 def featcache(*args, cwd=None, env=None, timeout=600, prefix=(), **popen) -> subprocess.CompletedProcess:
-    """Run the installed console script exactly as a user would."""
+    """Run the installed console script exactly as a user would, by default in the test's own empty
+    working directory (never the repository)."""
     cmd = list(prefix) + featcache_command() + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(cmd, cwd=_outside_repo(cwd), env=env or cli_env(), capture_output=True, text=True,
+                          timeout=timeout, **popen)
+
+
+class Background:
+    """``featcache`` subprocesses a test starts and steers; any still running at its end are killed."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args, pause_after: int | None = None, marker: Path | None = None, env=None, cwd=None,
+              **popen) -> subprocess.Popen:
+        """Start ``featcache ARGS``. With ``pause_after=N`` (and a ``marker`` path), return only once the
+        process has committed exactly N batches and stopped (staging's test hook); it goes on when the
+        marker is deleted."""
+        env = dict(env or cli_env())
+        if pause_after is not None:
+            env.update({PAUSE_AFTER: str(pause_after), PAUSE_FILE: str(marker)})
+        proc = subprocess.Popen(featcache_command() + [str(a) for a in args], env=env, cwd=_outside_repo(cwd), **popen)
+        self.procs.append(proc)
+        if pause_after is not None:
+            self.wait_for(proc, marker.exists, f"the pause after {pause_after} committed batches")
+        return proc
+
+    @staticmethod
+    def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
+        """Wait for an event (not for a guessed time): fail if ``proc`` exits first or it never comes."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None:
+                raise AssertionError(f"featcache exited with code {proc.returncode} before {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no sign of {what} within {timeout} s")
+            time.sleep(0.01)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def background():
+    procs = Background()
+    yield procs
+    procs.kill_all()
 
 
 def without_root_privileges() -> list[str] | None:

@@ -254,9 +254,29 @@ def test_models_lists_default_layer_and_shape():
     assert none.returncode == 1 and "no model matches 'resnet_nothing*'" in none.stderr
 
 
-def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_path):
+def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_path, monkeypatch):
+    """Compilation really happens (a C++ compiler is part of the test environment): a fallback to
+    eager, which gives the same features, must fail this test rather than pass it."""
+    import warnings
+
+    from featcache import engine
+
+    forwards = []
+
+    class Recorded(engine.Forward):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            forwards.append(self)
+
+    monkeypatch.setattr(engine, "Forward", Recorded)
     eager = featcache.extract(images, cache_dir=cache_dir, batch_size=5, **FAST)  # 12 images: a short last batch
-    compiled = featcache.extract(images, cache_dir=tmp_path / "c2", batch_size=5, compile=True, streams=2, **FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = featcache.extract(images, cache_dir=tmp_path / "c2", batch_size=5, compile=True, streams=2, **FAST)
+    fallbacks = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
+    assert not fallbacks, fallbacks
+    assert len(forwards) == 2 and not forwards[0].is_compiled
+    assert forwards[1].is_compiled, "the compiled module was dropped for eager"  # after every batch ran
     assert compiled.id == eager.id  # compilation changes speed (and at most the last bits), not the feature set
     with eager.open() as a, compiled.open() as b:
         np.testing.assert_allclose(b.load(np.float32), a.load(np.float32), rtol=2e-3, atol=1e-3)

@@ -7,7 +7,6 @@ import os
 import resource
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from PIL import Image
 
 import featcache
 from featcache.errors import CacheError
-from tests.conftest import cli_env, featcache as run_cli, featcache_command, make_images
+from tests.conftest import featcache as run_cli, make_images
 
 SLOW = ["--model", "resnet18", "--weights", "none", "--batch-size", "4", "--workers", "0", "--json", "-q"]
 
@@ -31,20 +30,17 @@ def _features(cache, fsid):
         return fs.load(), fs.paths, fs.meta["content_sha256"]
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
-    data = make_images(tmp_path / "data", per_class=60, size=(64, 64))
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, background):
+    data = make_images(tmp_path / "data", per_class=20, size=(64, 64))  # 40 images: 10 batches of 4
     reference = json.loads(_extract(data, tmp_path / "ref").stdout)
     cache = tmp_path / "cache"
-    cmd = featcache_command() + ["extract", "--data", str(data), "--cache-dir", str(cache), *SLOW]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    partial = cache / f"{reference['id']}.partial"
-    deadline = time.time() + 120
-    while len(list(partial.glob("seg-*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    # Stopped right after its 3rd committed batch, then killed there: provably mid-extraction.
+    proc = background.start("extract", "--data", data, "--cache-dir", cache, *SLOW, pause_after=3, marker=tmp_path / "paused",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(list(partial.glob("seg-*.json")))
-    assert 3 <= done_before < 30, "the kill must land mid-way"
+    partial = cache / f"{reference['id']}.partial"
+    assert len(list(partial.glob("seg-*.json"))) == 3 and not list(partial.glob("*.tmp"))
     assert not (cache / f"{reference['id']}.h5").exists()
 
     # An interrupted feature set is never offered as complete.
@@ -58,35 +54,31 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = _extract(data, cache)
     assert resumed.returncode == 0, resumed.stderr
     out = json.loads(resumed.stdout)
-    assert out["id"] == reference["id"] and out["resumed"] >= 4 * done_before - 4
-    assert out["extracted"] == 120 - out["resumed"]
+    assert out["id"] == reference["id"] and out["resumed"] == 12 and out["extracted"] == 28
     got, ref = _features(cache, out["id"]), _features(tmp_path / "ref", reference["id"])
     assert np.array_equal(got[0], ref[0]) and got[1] == ref[1]  # bit for bit on the CPU
     assert got[2] == ref[2]
     assert not partial.exists()
 
 
-def test_second_process_waits_for_the_lock_then_hits_the_cache(tmp_path):
-    data = make_images(tmp_path / "data", per_class=30, size=(64, 64))
-    cache = tmp_path / "cache"
-    cmd = featcache_command() + ["extract", "--data", str(data), "--cache-dir", str(cache), *SLOW[:-1]]
-    first = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(cache.glob("*.partial/seg-*.json")) and time.time() < deadline and first.poll() is None:
-        time.sleep(0.01)
-    first.send_signal(signal.SIGSTOP)  # freeze the first writer mid-extraction, holding its lock
+def test_second_process_waits_for_the_lock_then_hits_the_cache(tmp_path, background):
+    data = make_images(tmp_path / "data", per_class=6, size=(64, 64))
+    cache, marker = tmp_path / "cache", tmp_path / "paused"
+    args = ["extract", "--data", data, "--cache-dir", cache, *SLOW[:-1]]
+    # The first writer holds the lock, stopped after one committed batch until the marker goes.
+    first = background.start(*args, pause_after=1, marker=marker, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_file = tmp_path / "second.err"
     with open(err_file, "w") as err:
-        second = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=err, text=True)
-        while "waiting for another featcache process" not in err_file.read_text() and time.time() < deadline:
-            time.sleep(0.05)
-        first.send_signal(signal.SIGCONT)
+        second = background.start(*args, stdout=subprocess.PIPE, stderr=err, text=True)
+        background.wait_for(second, lambda: "waiting for another featcache process" in err_file.read_text(),
+                            "the second process waiting for the lock")
+        assert first.poll() is None and not list(cache.glob("*.h5"))  # nothing finished while the lock was held
+        marker.unlink()  # let the first writer go on
         out2, _ = second.communicate(timeout=300)
     out1, err1 = first.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, err1 + err_file.read_text()
     a, b = json.loads(out1), json.loads(out2)
-    assert a["id"] == b["id"] and b["cache_hit"] and not a["cache_hit"]
-    assert "waiting for another featcache process" in err_file.read_text()
+    assert a["id"] == b["id"] and b["cache_hit"] and not a["cache_hit"] and a["extracted"] == 12
     assert run_cli("cache", "verify", "--cache-dir", cache).returncode == 0
 
 

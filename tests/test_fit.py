@@ -26,6 +26,19 @@ def workspace(tmp_path_factory):
     return {"root": root, "data": data, "cache": root / "cache", "id": result.id}
 
 
+def _markdown_table(markdown: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """Header cells and data rows of the first table under the ``## heading`` of a report."""
+    lines = markdown.split(f"\n## {heading}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip()[1:-1].split(" | ")])
+    assert set("".join(table[1])) <= set("-|"), table[1]  # the separator line
+    return table[0], table[2:]
+
+
 def _fit(ws, tmp_path, **kw):
     kw.setdefault("progress_bar", False)
     return featcache.fit(cache_dir=ws["cache"], runs_dir=tmp_path / "runs", **kw)
@@ -48,8 +61,14 @@ def test_each_head_learns_from_the_cache_and_leaves_a_complete_run(workspace, tm
     assert "split3_test_score" not in m["cv_results"]
     assert set(m["test"]["per_class"]) == {"blue", "green", "red"}
     assert np.array(m["test"]["confusion_matrix"]).sum() == m["test"]["n"] == 8  # ceil(0.2 * 36)
-    report = (run.path / "report.md").read_text()
-    assert report.count("\n| ") >= n_cands  # one grid row per candidate
+    header, rows = _markdown_table((run.path / "report.md").read_text(), "Grid search")
+    names = list(grid)
+    assert header == ["rank", *names, "CV mean", "CV std", "fit s", "fold 0", "fold 1", "fold 2"]
+    cv = m["cv_results"]  # one grid row per candidate, best first: its rank, parameters and CV mean
+    assert sorted(tuple(row[:len(names) + 2]) for row in rows) == sorted(
+        (str(cv["rank_test_score"][i]), *(str(cv[f"param_{n}"][i]) for n in names), f"{cv['mean_test_score'][i]:.4f}")
+        for i in range(n_cands))
+    assert [int(row[0]) for row in rows] == sorted(cv["rank_test_score"]) and rows[0][0] == "1"
     name = next(iter(grid))
     assert (run.path / "plots" / f"cv_{name}.png").is_file()
     if head == "mlp":

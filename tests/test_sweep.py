@@ -6,14 +6,13 @@ import csv
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 
 import featcache
 from featcache import backbones, pipeline
 from featcache.errors import FeatcacheError
-from tests.conftest import cli_env, featcache as run_cli, featcache_command, make_images
+from tests.conftest import featcache as run_cli, make_images
 
 ARGS = ["--model", "resnet18@none", "--model", "mobilenet_v3_small@none", "--head", "svm", "--head", "logreg",
         "--param", "svm.C=0.1,1", "--param", "logreg.C=1", "--image-size", "48", "--cv", "3", "-q"]
@@ -59,20 +58,21 @@ def test_sweep_fits_every_row_on_identical_folds_and_reruns_as_cache_hits(data, 
     assert rendered.returncode == 0 and "leaderboard.html" in rendered.stdout
 
 
-def test_a_killed_sweep_resumes_and_does_only_the_rest(data, tmp_path):
+def test_a_killed_sweep_resumes_and_does_only_the_rest(data, tmp_path, background):
     out, cache = tmp_path / "sw", tmp_path / "cache"
-    cmd = featcache_command() + ["sweep", "--data", str(data), *ARGS, "--out", str(out), "--cache-dir", str(cache)]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not list(out.glob("runs/*/checksums.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    # The first feature set is already cached, so the sweep's first committed batch belongs to the
+    # second one: stopped there, both rows of the first feature set are finished and none of the second.
+    first_set = featcache.extract(data, model="resnet18", weights="none", image_size=48, cache_dir=cache, progress_bar=False)
+    proc = background.start("sweep", "--data", data, *ARGS, "--out", out, "--cache-dir", cache, pause_after=1,
+                            marker=tmp_path / "paused", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/checksums.json")}
-    assert 1 <= len(first) < 4, "the kill must land mid-way"
+    assert sorted(first) == [f"{first_set.id[:10]}-logreg", f"{first_set.id[:10]}-svm"]
+    assert len(list(cache.glob("*.h5"))) == 1 and len(list(cache.glob("*.partial/seg-*.json"))) == 1
     r = run_cli("sweep", "--data", data, *ARGS, "--out", out, "--cache-dir", cache)
     assert r.returncode == 0, r.stderr
-    assert len(_rows(out)) == 4
+    assert len(_rows(out)) == 4 and not list(cache.glob("*.partial"))
     for name, stamp in first.items():
         assert (out / "runs" / name / "checksums.json").stat().st_mtime_ns == stamp  # finished rows were not refitted
 
@@ -109,3 +109,6 @@ C = [1.0]
     r = run_cli("sweep", "--config", cfg, "--out", tmp_path / "sw", "--cache-dir", tmp_path / "c", "-q")
     assert r.returncode == 0, r.stderr
     assert sorted(row["layer"] for row in _rows(tmp_path / "sw")) == ["layer3", "layer4"]
+    for row in json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"].values():  # the file's data, not ./data
+        with featcache.open_features(row["feature_set"], tmp_path / "c") as fs:
+            assert fs.meta["data_root"] == str(data.resolve()) and len(fs) == 27

@@ -67,10 +67,10 @@ def resolve(
     chosen = weights_for(family, arch, weights)
     preprocess = family.preprocess(arch, chosen)
     if image_size is not None:
-        if image_size < 8:
-            raise ModelError(f"--image-size {image_size} is too small: use at least 32")
+        if image_size < graph.MIN_IMAGE_SIZE:
+            raise ModelError(f"--image-size {image_size} is too small: featcache takes crops of at least {graph.MIN_IMAGE_SIZE} pixels")
         preprocess = preprocess.with_image_size(image_size)
-    skeleton = graph.build_on_meta(lambda: family.build_random(arch, preprocess.crop_size))
+    skeleton = graph.build_on_meta(lambda: family.build_random(family.architecture(arch, chosen), preprocess.crop_size))
     layer = layer or family.default_layer(skeleton, arch)
     family.check_layer(skeleton, layer, model)
     body, _ = family.body(skeleton, layer)

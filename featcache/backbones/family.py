@@ -37,6 +37,10 @@ class Family:
     def preprocess(self, arch: str, weights: Weights) -> Preprocess:
         raise NotImplementedError
 
+    def architecture(self, arch: str, weights: Weights) -> str:
+        """What is built for ``weights``: the architecture, or a source's own name for them (timm's arch.tag)."""
+        return arch
+
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
         raise NotImplementedError
 
@@ -45,15 +49,18 @@ class Family:
         raise NotImplementedError
 
     def build(self, arch: str, weights: Weights, image_size: int | None = None) -> nn.Module:
-        if weights.kind == "pretrained":
-            model = self.build_pretrained(arch, weights)
-        else:
-            torch.manual_seed(w.INIT_SEED)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = self.build_random(arch, image_size)
-            if weights.kind == "file":
-                w.load_into(model, w.load_state_dict_file(weights.path), weights.path)
+        # Building initialises parameters from torch's CPU generator: a forked one, so the caller's
+        # random state is as it was (random init is reproducible: that generator is seeded first).
+        with torch.random.fork_rng(devices=[]):
+            if weights.kind == "pretrained":
+                model = self.build_pretrained(arch, weights)
+            else:
+                torch.random.default_generator.manual_seed(w.INIT_SEED)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = self.build_random(arch, image_size)
+                if weights.kind == "file":
+                    w.load_into(model, w.load_state_dict_file(weights.path), weights.path)
         return model.eval().requires_grad_(False)
 
     # -- graph -----------------------------------------------------------------------------------

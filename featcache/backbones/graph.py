@@ -18,13 +18,17 @@ from torch import nn
 from ..errors import ModelError
 
 POOLS = ("none", "avg", "max")
+MIN_IMAGE_SIZE = 8  # featcache's floor for --image-size; a model's own floor is found by tracing
+_TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
 _POOL_FUNCTIONS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten", "mean")
 
 
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
-    """Build without allocating parameters; fall back to the CPU for builders that need data."""
-    with warnings.catch_warnings():
+    """Build without allocating parameters; fall back to the CPU for builders that need data.
+
+    Either way the caller's random state is left as it was (a forked CPU generator)."""
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
@@ -104,32 +108,43 @@ def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.
     return lambda x: extractor(x)[layer]
 
 
-def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int, model_name: str) -> tuple[int, ...]:
-    """Feature shape per image at ``size`` x ``size`` input, computed on the meta device."""
-    x = torch.empty(1, 3, size, size, device="meta")
+def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int | tuple[int, int],
+                 model_name: str) -> tuple[int, ...]:
+    """Feature shape per image at a ``size`` x ``size`` (or (height, width)) input, computed on the meta device."""
+    h, w = (size, size) if isinstance(size, int) else size
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = pool_features(body(x), pool)
-    except Exception as err:  # the model rejects the size (maps shrink to zero, fixed-size ViT, ...)
-        smallest = smallest_size(body, size)
-        fix = f"use --image-size {smallest} or larger" if smallest else "use the model's own input size"
-        raise ModelError(f"image size {size} is too small for {model_name} ({_first_line(err)}): {fix}") from None
+        out = _run(body, pool, h, w)
+    except Exception as err:  # the model rejects the size (maps shrink to zero, fixed-size ViT, ...) or fails otherwise
+        raise ModelError(_size_problem(body, (h, w), model_name, err)) from err
     shape = tuple(int(s) for s in out.shape[1:])
     if any(s == 0 for s in shape):
         raise ModelError(f"image size {size} gives an empty feature map for {model_name}: use a larger --image-size")
     return shape
 
 
-def smallest_size(body, tried: int) -> int | None:
-    for size in (32, 64, 96, 128, 160, 192, 224, 256, 299, 384, 512):
-        if size <= tried:
-            continue
-        with contextlib.suppress(Exception), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            body(torch.empty(1, 3, size, size, device="meta"))
-            return size
-    return None
+def _run(body, pool: str, h: int, w: int) -> torch.Tensor:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pool_features(body(torch.empty(1, 3, h, w, device="meta")), pool)
+
+
+def _size_problem(body, tried: tuple[int, int], model_name: str, err: Exception) -> str:
+    """Why the model failed at ``tried``, judged by which square sizes it does take."""
+    shown = f"{tried[0]}x{tried[1]}" if tried[0] != tried[1] else str(tried[0])
+    why = _first_line(err)
+    working = []
+    for size in _TRY_SIZES:
+        with contextlib.suppress(Exception):
+            _run(body, "none", size, size)
+            working.append(size)
+    if not working:
+        return f"cannot compute the output of {model_name} at input size {shown}: {why}"
+    if len(working) == 1:
+        return (f"{model_name} takes only {working[0]}x{working[0]} inputs, not {shown} ({why}): "
+                f"use --image-size {working[0]}, or leave --image-size out")
+    if working[0] > max(tried):
+        return f"image size {shown} is too small for {model_name} ({why}): use --image-size {working[0]} or larger"
+    return f"{model_name} cannot take input size {shown} ({why}): sizes it takes include {', '.join(map(str, working[:6]))}"
 
 
 def _is_global_pool(model: nn.Module, node: str) -> bool:
