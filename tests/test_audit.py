@@ -17,7 +17,7 @@ import featcache
 from featcache.audit import audit
 from featcache.audit_report import write
 from featcache.audit_search import search
-from featcache.runs import load_run
+from featcache.runs import RunParams, load_run
 from tests.conftest import featcache as run_cli
 
 CLASSES = ("circles", "squares", "stripes", "triangles")
@@ -262,7 +262,10 @@ def test_fit_exclude_drops_the_listed_files_records_them_and_the_report_shows_th
     assert f"{len(dropped)} files excluded by --exclude `drop.csv`: 2 from the test set" in report
     assert "## Excluded files (6)" in report and dropped[0] in report
     assert "excluded" not in (base.path / "report.md").read_text()
-    assert base.params.excluded is None  # old-style record: no exclusions
+    assert base.params.excluded is None  # nothing excluded
+    old_style = json.loads((base.path / "params.json").read_text())
+    del old_style["excluded"]  # params.json of a run made before --exclude existed
+    assert RunParams.from_dict(old_style).excluded is None
 
     (tmp_path / "typo.txt").write_text("train/circles/no_such_file.png\n")
     r = run_cli("fit", "--exclude", tmp_path / "typo.txt", "--features", planted["id"], "--cache-dir", root / "cache",
