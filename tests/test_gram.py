@@ -57,6 +57,10 @@ def test_shared_gram_search_gives_the_generic_search_scores(head):
     for k in range(4):
         assert fast.cv_results[f"split{k}_test_score"] == slow.cv_results[f"split{k}_test_score"]
     assert fast.best_params == {"C": slow.best_params["C"]}
+    # the path's refit reuses its Gram matrix: the same head as fitting afresh
+    fresh = get_head(head)(**fast.best_params).fit(X, y)
+    np.testing.assert_allclose(fast.best_estimator.coef_, fresh.coef_, atol=1e-6 * np.abs(fresh.coef_).max())
+    np.testing.assert_allclose(fast.best_estimator.intercept_, fresh.intercept_, atol=1e-6 * np.abs(fresh.coef_).max())
     # grids over more than C, and per-feature standardisation, take the generic loop
     assert get_head(head)(normalize="standard").search_path(X, y, folds, [{"C": 1.0}]) is None
     assert get_head(head)().search_path(X, y, folds, [{"C": 1.0, "tol": 1e-3}]) is None
