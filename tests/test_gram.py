@@ -41,10 +41,15 @@ def test_gram_solver_matches_the_direct_solver(head, classes, C):
         assert np.mean(gram.predict(Xt) == direct.predict(Xt)) >= 0.98
 
 
-def test_auto_takes_the_gram_path_only_when_features_outnumber_images():
-    head = get_head("svm")()
-    assert head._use_gram(100, 3000) and not head._use_gram(3000, 100)
+def test_auto_takes_the_gram_path_when_wide_and_the_svm_also_up_to_kernel_rows():
+    from classifiers.svm import KERNEL_ROWS
+
+    svm, logreg = get_head("svm")(), get_head("logreg")()
+    assert svm._use_gram(100, 3000) and svm._use_gram(3000, 100) and svm._use_gram(KERNEL_ROWS, 100)
+    assert not svm._use_gram(KERNEL_ROWS + 1, 100) and svm._use_gram(KERNEL_ROWS + 1, 10**5)
+    assert logreg._use_gram(100, 3000) and not logreg._use_gram(3000, 100)
     assert not get_head("logreg")(solver="lbfgs")._use_gram(100, 3000)
+    assert not get_head("svm")(solver="liblinear")._use_gram(100, 3000)
 
 
 @pytest.mark.parametrize("head", ["svm", "logreg"])
