@@ -1,4 +1,4 @@
-"""Shared code of the linear heads (svm, logreg, gap): normalisation, the Gram-matrix path, the decision.
+"""Shared code of the linear heads (svm, logreg, gap, ridge): normalisation, the Gram-matrix path, the decision.
 
 A linear head fits a linear model on normalised features, then keeps only its ``coef_`` and
 ``intercept_`` (float32). Decisions are computed here with numpy, the same way in memory and after

@@ -34,7 +34,8 @@ import warnings
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
-from threadpoolctl import ThreadpoolController
+
+from classifiers.threads import BlasThreads
 
 CG_TOL = 1e-7  # relative residual of each conjugate-gradient solve
 STALL = 1e-13  # relative objective decrease below which a Newton step counts as no progress
@@ -64,10 +65,7 @@ class SquaredHingeBatch:
         self.rank, self.max_newton, self.seed = rank, max_newton, seed
         self._nystrom = None
         self.stats = {"newton": 0, "cholesky": 0, "cg_iterations": 0, "products": 0}
-        # Small factorisations run on one BLAS thread (on a busy 2-core machine, two threads made the
-        # search 7x slower); products of K with many columns use the threads BLAS was given.
-        self._blas = ThreadpoolController()
-        self._threads = max([1] + [lib.num_threads for lib in self._blas.select(user_api="blas").lib_controllers])
+        self._blas = BlasThreads()  # one thread, except products of K with many columns
 
     # ------------------------------------------------------------------ the Newton loop
     def solve(self, C: float, cols=None, start_active: np.ndarray | None = None,
@@ -78,7 +76,7 @@ class SquaredHingeBatch:
         instead of the current ones (e.g. another problem's optimum, restricted to these rows), and
         ``start_beta`` the first guess of an iterative solve for it (e.g. that optimum's beta).
         """
-        with self._blas.limit(limits=1, user_api="blas"):
+        with self._blas.one():
             self._solve(C, np.arange(self.Y.shape[1]) if cols is None else np.asarray(cols), start_active, start_beta)
 
     def _solve(self, C, cols, start_active, start_beta) -> None:
@@ -167,7 +165,7 @@ class SquaredHingeBatch:
     # ------------------------------------------------------------------ products and preconditioner
     def _product(self, V: np.ndarray) -> np.ndarray:
         self.stats["products"] += V.shape[1]
-        with self._blas.limit(limits=self._threads if V.shape[1] >= 8 else 1, user_api="blas"):
+        with self._blas.all() if V.shape[1] >= 8 else self._blas.one():
             if self.features is not None:
                 return self.features @ (self.features.T @ V)
             return self.K @ V

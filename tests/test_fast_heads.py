@@ -182,3 +182,41 @@ def test_search_path_declines_what_it_does_not_cover(fold_data):
     assert get_head("svm")().search_path(X, y, folds, [{"C": 1.0, "tol": 1e-3}]) is None
     assert get_head("svm")(solver="liblinear").search_path(X, y, folds, [{"C": 1.0}]) is None
 
+
+# --------------------------------------------------------------------------- ridge: closed form, exact k-fold
+@pytest.mark.parametrize("shape", [(240, 60), (90, 600)], ids=["narrow", "wide"])
+@pytest.mark.parametrize("classes", [2, 4])
+def test_ridge_is_ridgeclassifier_on_the_normalised_rows(shape, classes):
+    from sklearn.linear_model import RidgeClassifier
+
+    X, y = relu_features(*shape, classes=classes, seed=7)
+    for alpha in (0.01, 1.0, 100.0):
+        ours = get_head("ridge")(alpha=alpha).fit(X, y)
+        ref = RidgeClassifier(alpha=alpha).fit(normalize(X), y)
+        scale = np.abs(ref.decision_function(normalize(X))).max()
+        np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(normalize(X)), atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("shape", [(240, 60), (120, 900)], ids=["narrow", "wide"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_ridge_kfold_scores_from_one_decomposition_equal_explicit_refits(shape, classes):
+    X, y = relu_features(*shape, classes=classes, seed=8)
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=1).split(X, y))
+    grid = {"alpha": [0.001, 0.03, 1.0, 30.0]}
+    fast = grid_search(get_head("ridge")(), grid, X, y, folds, progress_bar=False)
+    explicit = grid_search(get_head("ridge")(), {**grid, "normalize": ["l2"]}, X, y, folds, progress_bar=False)  # no path
+    for f in range(len(folds)):
+        assert fast.cv_results[f"split{f}_test_score"] == explicit.cv_results[f"split{f}_test_score"]
+    fresh = get_head("ridge")(**fast.best_params).fit(X, y)
+    np.testing.assert_allclose(fast.best_estimator.coef_, fresh.coef_, atol=1e-5 * np.abs(fresh.coef_).max())
+    np.testing.assert_allclose(fast.best_estimator.intercept_, fresh.intercept_, atol=1e-5 * np.abs(fresh.coef_).max())
+
+
+def test_ridge_leave_one_out_is_the_one_row_case():
+    """Folds of one row each: the path's scores are leave-one-out, equal to n explicit refits."""
+    X, y = relu_features(40, 12, classes=2, seed=9)
+    folds = [(np.delete(np.arange(40), i), np.array([i])) for i in range(40)]
+    path = get_head("ridge")().search_path(X, y, folds, [{"alpha": 0.1}, {"alpha": 3.0}])
+    for i, alpha in enumerate((0.1, 3.0)):
+        explicit = [float(get_head("ridge")(alpha=alpha).fit(X[t], y[t]).predict(X[v])[0] == y[v][0]) for t, v in folds]
+        assert list(path.scores[i]) == explicit
