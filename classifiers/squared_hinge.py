@@ -40,6 +40,9 @@ from classifiers.threads import BlasThreads
 CG_TOL = 1e-7  # relative residual of each conjugate-gradient solve
 STALL = 1e-13  # relative objective decrease below which a Newton step counts as no progress
 DIRECT_COST = 4.0  # a Cholesky flop (small, gathered, one at a time) costs this many batched-product flops
+LOOSE_TOL = 1e-3  # conjugate gradients stop here while the active set is still moving (inexact Newton)
+GATHER_COST = 20.0  # gathering one entry of K_SS costs about this many flops of a triangular solve
+FACTOR_BYTES = 384 * 2**20  # Cholesky factors kept for updates, at most (they are |S|^2 float64 each)
 
 
 class SquaredHingeBatch:
@@ -64,25 +67,31 @@ class SquaredHingeBatch:
         self.scores = np.zeros(self.Y.shape)
         self.rank, self.max_newton, self.seed = rank, max_newton, seed
         self._nystrom = None
-        self.stats = {"newton": 0, "cholesky": 0, "cg_iterations": 0, "products": 0}
+        self._factors, self._factors_C, self._factor_bytes = {}, None, 0  # column -> _Factor at C
+        self.stats = {"newton": 0, "cholesky": 0, "updates": 0, "cg_iterations": 0, "products": 0}
         self._blas = BlasThreads()  # one thread, except products of K with many columns
 
     # ------------------------------------------------------------------ the Newton loop
     def solve(self, C: float, cols=None, start_active: np.ndarray | None = None,
-              start_beta: np.ndarray | None = None) -> None:
+              start_beta: np.ndarray | None = None, start_from: np.ndarray | None = None) -> None:
         """Minimise problems ``cols`` (default: all) at this C, starting from the current beta.
 
         ``start_active`` (n, len(cols)) bool: the active sets to take for the first Newton point
-        instead of the current ones (e.g. another problem's optimum, restricted to these rows), and
-        ``start_beta`` the first guess of an iterative solve for it (e.g. that optimum's beta).
+        instead of the current ones (e.g. another problem's optimum, restricted to these rows),
+        ``start_beta`` the first guess of an iterative solve for it (e.g. that optimum's beta), and
+        ``start_from`` (len(cols),) the problem whose factorisation at this C each may update.
         """
+        cols = np.arange(self.Y.shape[1]) if cols is None else np.asarray(cols)
+        if C != self._factors_C:
+            self._factors, self._factors_C, self._factor_bytes = {}, C, 0
         with self._blas.one():
-            self._solve(C, np.arange(self.Y.shape[1]) if cols is None else np.asarray(cols), start_active, start_beta)
+            self._solve(C, cols, start_active, start_beta, start_from)
 
-    def _solve(self, C, cols, start_active, start_beta) -> None:
+    def _solve(self, C, cols, start_active, start_beta, start_from) -> None:
         d_all = 2.0 * C * self.weight[:, cols] * self.train[:, cols]  # 1 / D on training rows
         act = self.train[:, cols] & (self.Y[:, cols] * self.scores[:, cols] < 1) if start_active is None else start_active
         live = np.arange(len(cols))  # positions in cols still iterating
+        tol = np.full(len(cols), LOOSE_TOL)  # of iterative solves: tightened to CG_TOL as they settle
         objective = self._objective(cols, d_all)
         for iteration in range(self.max_newton):
             if not len(live):
@@ -91,10 +100,14 @@ class SquaredHingeBatch:
             c = cols[live]
             Y, T, d = self.Y[:, c], self.train[:, c], d_all[:, live]
             a = act[:, live]
-            guess = start_beta[:, live] if start_beta is not None and iteration == 0 else self.beta[:, c]
-            new_beta, new_scores, exact = self._newton_point(a, Y, d, guess)
+            first = iteration == 0
+            guess = start_beta[:, live] if start_beta is not None and first else self.beta[:, c]
+            sources = start_from[live] if start_from is not None and first else c
+            new_beta, new_scores, exact, iterative = self._newton_point(a, Y, d, guess, c, sources, tol[live])
             step_beta, step_scores = new_beta - self.beta[:, c], new_scores - self.scores[:, c]
-            consistent = exact & (T & (Y * new_scores < 1) == a).all(axis=0)
+            same = (T & (Y * new_scores < 1) == a).all(axis=0)
+            tight = ~iterative | (tol[live] <= CG_TOL)
+            consistent = exact & same & tight
             t = np.ones(len(c))
             if not consistent.all():
                 j = ~consistent
@@ -105,8 +118,11 @@ class SquaredHingeBatch:
             # a step from given start sets may rightly go nowhere; after that, no progress means converged
             # (to rounding: on badly scaled features, e.g. normalize='none', K's rounding errors can keep
             # a boundary row flipping between two active sets that are equally optimal to precision)
-            stalled = ((new_objective >= objective[live] - STALL * np.abs(objective[live])) | (t <= STALL)) & (
+            no_progress = ((new_objective >= objective[live] - STALL * np.abs(objective[live])) | (t <= STALL)) & (
                 iteration > 0 or start_active is None)
+            stalled = no_progress & tight
+            # inexact Newton: a loose solve that settles or stops helping is redone tightly; else tighten 10x
+            tol[live] = np.where((same & exact) | no_progress, CG_TOL, np.maximum(tol[live] * 0.1, CG_TOL))
             objective[live] = new_objective
             act = self.train[:, cols] & (self.Y[:, cols] * self.scores[:, cols] < 1)
             live = live[~(consistent | stalled)]
@@ -122,8 +138,9 @@ class SquaredHingeBatch:
         hinge = np.maximum(0.0, 1.0 - Y * s)
         return 0.5 * np.einsum("ij,ij->j", self.beta[:, cols], s) + 0.5 * np.einsum("ij,ij->j", d, hinge * hinge)
 
-    def _newton_point(self, act, Y, d, guess):
-        """beta_S = (K_SS + diag(1/d_S))^-1 y_S per problem, its scores K beta, and whether it is exact."""
+    def _newton_point(self, act, Y, d, guess, cols, sources, tol):
+        """beta_S = (K_SS + diag(1/d_S))^-1 y_S per problem and its scores K beta. Returns (beta, scores,
+        exact, iterative): exact where solved to its tolerance, iterative where CG solved it."""
         n, p = Y.shape
         beta = np.zeros((n, p))
         scores = np.empty((n, p))
@@ -133,21 +150,38 @@ class SquaredHingeBatch:
         for j in np.flatnonzero(direct):
             idx = np.flatnonzero(act[:, j])
             if len(idx):
-                A = np.take(self.K.reshape(-1), (idx[:, None] * len(self.K) + idx).reshape(-1)).reshape(len(idx), -1)
-                A.flat[:: len(idx) + 1] += 1.0 / d[idx, j]
-                try:
-                    beta[idx, j] = cho_solve(cho_factor(A, lower=True, check_finite=False), Y[idx, j], check_finite=False)
-                except LinAlgError:  # K_SS + D is positive definite; only a broken K gets here
-                    raise LinAlgError("kernel matrix is not positive semi-definite") from None
-                self.stats["cholesky"] += 1
+                beta[idx, j] = self._direct(int(cols[j]), int(sources[j]), idx, Y[idx, j], 1.0 / d[idx, j])
         if direct.any():
             scores[:, direct] = self._product(beta[:, direct])
         iterative = ~direct
         if iterative.any():
             j = np.flatnonzero(iterative)
             start = np.where(act[:, j], guess[:, j], 0.0)
-            beta[:, j], scores[:, j], exact[j] = self._pcg(act[:, j], Y[:, j], d[:, j], start)
-        return beta, scores, exact
+            beta[:, j], scores[:, j], exact[j] = self._pcg(act[:, j], Y[:, j], d[:, j], start, tol[j])
+        return beta, scores, exact, iterative
+
+    def _direct(self, col, source, idx, y, inv_d):
+        """Solve (K_SS + diag(inv_d)) x = y on S = idx: by updating a factorisation of a nearby set made
+        at this C (this problem's, else ``source``'s) when that is cheaper, else by a new Cholesky."""
+        for owner in dict.fromkeys((col, source)):
+            factor = self._factors.get(owner)
+            if factor is not None:
+                x = factor.solve_near(self.K, idx, y, inv_d)
+                if x is not None:
+                    self.stats["updates"] += 1
+                    self._factors.setdefault(col, factor)
+                    return x
+        factor = _Factor(self.K, idx, inv_d)
+        self.stats["cholesky"] += 1
+        old = self._factors.get(col)
+        if old is not None and all(f is not old for k, f in self._factors.items() if k != col):
+            self._factor_bytes -= old.nbytes
+        if self._factor_bytes + factor.nbytes <= FACTOR_BYTES:
+            self._factors[col] = factor
+            self._factor_bytes += factor.nbytes
+        else:
+            self._factors.pop(col, None)
+        return factor.solve(y)
 
     def _max_direct(self, d, sizes) -> np.ndarray:
         """Largest active set solved by Cholesky: where its cost (|S|^3/3 flops, plus gathering K_SS)
@@ -194,7 +228,7 @@ class SquaredHingeBatch:
             self._nystrom = (np.ascontiguousarray(F), max(tail, 1e-12))
         return self._nystrom
 
-    def _pcg(self, act, Y, d, start):
+    def _pcg(self, act, Y, d, start, tol):
         """Batched preconditioned CG for (K_SS + diag(1/d_S)) x = y_S, x = 0 off S. Returns (x, K x, converged)."""
         F, _ = self._nystrom_factor()
         m = F.shape[1]
@@ -219,7 +253,7 @@ class SquaredHingeBatch:
         Z = precondition(R, slice(None))
         Pd = Z.copy()
         rz = np.einsum("ij,ij->j", R, Z)
-        target = CG_TOL * np.linalg.norm(b, axis=0)
+        target = tol * np.linalg.norm(b, axis=0)
         live = np.flatnonzero(np.linalg.norm(R, axis=0) > target)
         for _ in range(10 * len(X)):
             if not len(live):
@@ -238,6 +272,66 @@ class SquaredHingeBatch:
             rz[live] = rz_new
             live = live[np.linalg.norm(R[:, live], axis=0) > target[live]]
         return X, KX, np.linalg.norm(R, axis=0) <= target * (1 + 1e-9)
+
+
+class _Factor:
+    """A Cholesky factorisation of A_SS = K_SS + diag(inv_d) that also solves on nearby sets.
+
+    For S' = (S - R) + N (R rows dropped, N rows added) and B = S - R, with A^-1 applied through the
+    factor: A_BB^-1 u = z_B - (A^-1)_BR ((A^-1)_RR)^-1 z_R where z = A^-1 [u; 0], and the rows N are
+    added by block elimination (their Schur complement). Cost ~2 |S|^2 (1 + |R| + |N|) instead of
+    gathering K_S'S' and factorising it (|S'|^3 / 3): worth it while the sets stay close.
+    """
+
+    def __init__(self, K, idx, inv_d):
+        self.idx, self.inv_d = idx, inv_d
+        A = np.take(K.reshape(-1), (idx[:, None] * len(K) + idx).reshape(-1)).reshape(len(idx), -1)
+        A.flat[:: len(idx) + 1] += inv_d
+        try:
+            self.cho = cho_factor(A, lower=True, check_finite=False)
+        except LinAlgError:  # K_SS + D is positive definite; only a broken K gets here
+            raise LinAlgError("kernel matrix is not positive semi-definite") from None
+        self.nbytes = A.nbytes
+
+    def solve(self, y):
+        return cho_solve(self.cho, y, check_finite=False)
+
+    def solve_near(self, K, idx, y, inv_d):
+        """x on ``idx`` (sorted), or None when a new factorisation would be cheaper."""
+        S = self.idx
+        s, m = len(S), len(idx)
+        in_new = np.isin(S, idx, assume_unique=True)
+        in_old = np.isin(idx, S, assume_unique=True)
+        drop = np.flatnonzero(~in_new)  # positions in S
+        add = idx[~in_old]
+        q = 1 + len(drop) + len(add)
+        if 2.0 * s * s * q + GATHER_COST * len(add) * m >= m ** 3 / 3 + GATHER_COST * m * m:
+            return None
+        keep = np.flatnonzero(in_new)  # positions in S of B, in idx order (both sorted)
+        if not np.array_equal(self.inv_d[keep], inv_d[in_old]):
+            return None  # other weights on the shared rows: not the same matrix
+        B = S[keep]
+        rhs = np.zeros((s, 1 + len(add)))
+        rhs[keep, 0] = y[in_old]
+        if len(add):
+            rhs[keep, 1:] = K[np.ix_(B, add)]
+        Z = cho_solve(self.cho, rhs, check_finite=False)
+        if len(drop):
+            E = np.zeros((s, len(drop)))
+            E[drop, np.arange(len(drop))] = 1.0
+            G = cho_solve(self.cho, E, check_finite=False)
+            Z -= G @ np.linalg.solve(G[drop], Z[drop])
+        u, E = Z[keep, 0], Z[keep, 1:]
+        x = np.empty(m)
+        if len(add):
+            KNB = rhs[keep, 1:].T
+            schur = K[np.ix_(add, add)] - KNB @ E
+            schur.flat[:: len(add) + 1] += inv_d[~in_old]
+            x_new = np.linalg.solve(schur, y[~in_old] - KNB @ u)
+            x[~in_old] = x_new
+            u = u - E @ x_new
+        x[in_old] = u
+        return x
 
 
 def _line_search(s, step_beta, step_scores, Y, T, d, iterations: int = 60) -> np.ndarray:

@@ -138,7 +138,7 @@ class SVMHead(LinearHead):
             batch.solve(C, everything)
             whole = np.tile(batch.scores[:, everything], n_folds)
             batch.solve(C, per_fold, start_active=train[:, per_fold] & (batch.Y[:, per_fold] * whole < 1),
-                        start_beta=np.tile(batch.beta[:, everything], n_folds))
+                        start_beta=np.tile(batch.beta[:, everything], n_folds), start_from=np.tile(everything, n_folds))
             solutions[C] = batch.beta[:, everything].copy()
             iterations[C] = batch.stats["newton"] - newton
             elapsed = time.perf_counter() - started

@@ -143,6 +143,29 @@ def test_conjugate_gradients_and_cholesky_reach_the_same_optimum(fold_data, monk
     np.testing.assert_allclose(iterative.scores, direct.scores, atol=1e-5 * np.abs(direct.scores).max())
 
 
+
+def test_factor_updates_solve_nearby_sets_exactly():
+    """Dropping and adding rows to a factorised active set gives the fresh Cholesky solution."""
+    from classifiers.squared_hinge import _Factor
+
+    X, _ = relu_features(200, 30, seed=10)
+    Zn = normalize(X).astype(np.float64)
+    K = Zn @ Zn.T + 1.0
+    rng = np.random.default_rng(0)
+    S = np.sort(rng.choice(200, 120, replace=False))
+    inv_d = np.full(200, 0.05)
+    factor = _Factor(K, S, inv_d[S])
+    outside = np.setdiff1d(np.arange(200), S)
+    for dropped, added in [(3, 0), (0, 4), (5, 6), (12, 1)]:
+        new = np.sort(np.concatenate([np.delete(S, rng.choice(len(S), dropped, replace=False)),
+                                      rng.choice(outside, added, replace=False)]))
+        y = rng.choice([-1.0, 1.0], len(new))
+        x = factor.solve_near(K, new, y, inv_d[new])
+        assert x is not None
+        np.testing.assert_allclose(x, np.linalg.solve(K[np.ix_(new, new)] + np.diag(inv_d[new]), y), rtol=1e-9, atol=1e-12)
+    far = np.sort(rng.choice(outside, 60, replace=False))
+    assert factor.solve_near(K, far, np.ones(60), inv_d[far]) is None  # a new factorisation is cheaper
+
 # --------------------------------------------------------------------------- the search path
 @pytest.mark.parametrize("shape", [(240, 60), (120, 900)], ids=["narrow", "wide"])
 def test_svm_search_path_gives_the_generic_loops_scores_and_refit(shape):
@@ -220,3 +243,17 @@ def test_ridge_leave_one_out_is_the_one_row_case():
     for i, alpha in enumerate((0.1, 3.0)):
         explicit = [float(get_head("ridge")(alpha=alpha).fit(X[t], y[t]).predict(X[v])[0] == y[v][0]) for t, v in folds]
         assert list(path.scores[i]) == explicit
+
+
+def test_svm_search_path_with_conjugate_gradients_gives_the_same_scores(monkeypatch):
+    """The inexact-Newton conjugate-gradient route (large active sets, many images) ends where Cholesky does."""
+    X, y = relu_features(240, 60, classes=3, seed=11)
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    grid = {"C": [0.01, 1.0, 100.0]}
+    direct = grid_search(get_head("svm")(), grid, X, y, folds, progress_bar=False)
+    monkeypatch.setattr(SquaredHingeBatch, "_max_direct", lambda self, d, sizes: np.zeros(d.shape[1]))
+    iterative = grid_search(get_head("svm")(), grid, X, y, folds, progress_bar=False)
+    for f in range(len(folds)):
+        assert iterative.cv_results[f"split{f}_test_score"] == direct.cv_results[f"split{f}_test_score"]
+    np.testing.assert_allclose(iterative.best_estimator.coef_, direct.best_estimator.coef_,
+                               atol=1e-4 * np.abs(direct.best_estimator.coef_).max())
