@@ -62,7 +62,11 @@ def gram_matrix(Zn: np.ndarray, bias: bool) -> tuple[np.ndarray, np.ndarray | No
 
 
 def primal_weights(Zn: np.ndarray, beta: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """w = Zn^T beta as (k, d) float64, over column blocks (no float64 copy of a wide Zn)."""
+    """w = Zn^T beta as (k, d) float64. Up to 2^25 entries of Zn in float64, over column blocks; a
+    larger (wide) Zn in float32, ~10x faster there (4,000 x 62,720: 0.4 s instead of 3.9 s) and
+    within ~2e-6 of the largest weight (measured), as close as K's own float32 products."""
+    if Zn.size > 2**25:
+        return (beta.T.astype(np.float32) @ Zn).astype(np.float64)
     out = np.empty((beta.shape[1], Zn.shape[1]))
     for start in range(0, Zn.shape[1], chunk):
         out[:, start:start + chunk] = beta.T @ Zn[:, start:start + chunk].astype(np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from classifiers.base import GridPath, Rule, heads
-from classifiers.linear import LinearHead
+from classifiers.linear import LinearHead, primal_weights
 from classifiers.threads import BlasThreads
 
 
@@ -146,10 +146,5 @@ def _centred_gram(Zn: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def _weights(Zn: np.ndarray, mean: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """X_c^T beta as (d, k) float64, over column blocks."""
-    out = np.empty((Zn.shape[1], beta.shape[1]))
-    total = beta.sum(axis=0)
-    for start in range(0, Zn.shape[1], 4096):
-        block = Zn[:, start:start + 4096].astype(np.float64)
-        out[start:start + 4096] = block.T @ beta - np.outer(mean[start:start + 4096], total)
-    return out
+    """X_c^T beta as (d, k) float64 (see ``primal_weights`` for the precision of wide ones)."""
+    return primal_weights(Zn, beta).T - np.outer(mean, beta.sum(axis=0))
