@@ -15,17 +15,20 @@ and when the scores at that point have the same active set, it is the exact opti
 is quadratic on that piece). Otherwise an exact line search along the step decreases the objective
 and the next active set is taken. Warm-started, it typically stops after 1-4 linear solves.
 
-The linear solves: a Cholesky of K_SS + D when S is small; preconditioned conjugate gradients
-otherwise, for all such problems at once (one K @ V product per iteration for the whole batch),
-with a Nyström preconditioner (Frangella, Tropp & Udell, SIMAX 2023): a rank-m F with F F^T <= K
-from a randomized range finder, P = D + F_S F_S^T applied per problem through Woodbury in O(n m).
-The preconditioned condition number is at most 1 + 2 C_i lambda_{m+1}(K): small where S is large
-(small C), which is where a Cholesky would cost most.
+The linear solves: a Cholesky of K_SS + D when S is small, or an update of a factorisation of a
+nearby set made at the same C (``_Factor.solve_near``: consecutive active sets, and a fold's and
+the all-rows problem's, differ by a few rows); preconditioned conjugate gradients otherwise, for
+all such problems at once (one K @ V product per iteration for the whole batch), with a Nyström
+preconditioner (Frangella, Tropp & Udell, SIMAX 2023): a rank-m F with F F^T <= K from a randomized
+range finder, P = D + F_S F_S^T applied per problem through Woodbury in O(n m). The preconditioned
+condition number is at most 1 + 2 C_i lambda_{m+1}(K): small where S is large (small C), which is
+where a Cholesky would cost most. Those solves start loose and are tightened as the active set
+settles (inexact Newton); the last one, which the stopping test relies on, is tight.
 
 Who shares what (``SquaredHingeBatch``): one K for every fold, class and C; the problems of every
 fold and class are one batch; C values are solved in ascending order, each problem starting from its
-solution at the previous C; and a problem may start from another's active set (the folds from the
-all-rows problem, which differs from each of them by a tenth of the rows).
+solution at the previous C; and a problem may start from another's active set and factorisation
+(the folds from the all-rows problem, which differs from each of them by a tenth of the rows).
 """
 
 from __future__ import annotations
