@@ -6,7 +6,8 @@ other on the same in-memory features, the same 10 folds and the same test images
 
 * ours: ``featcache.fit()`` with its defaults (the svm head, its C grid, 10 folds), the CLI's code
   path from the loaded feature set to the saved run (search, refit, test scoring, run files, report);
-  optionally other heads (``--heads svm,ridge``);
+  optionally other heads (``--heads svm,ridge``), with theirs (ridge: 11 alphas, 5 folds; the test
+  images are the same for every head);
 * reference: the seed tutorials' ``GridSearchCV(LinearSVC(), {"C": [0.01, 0.1, 1, 10, 100]}, cv=10)``
   on the raw features (refit on the CV images, scored on the test images);
 * with ``--same-objective``: the same GridSearchCV on the L2-normalised features the svm head sees,
@@ -93,7 +94,8 @@ def ours(head: str, data, runs: Path) -> dict:
     m = run.metrics
     splits = np.array([m.cv_results[f"split{f}_test_score"] for f in range(run.params.cv)]).T
     return {"seconds": seconds, "cpu": cpu, "test": run.test_accuracy, "best": m.best_params, "cv": m.best_cv_mean,
-            "search": m.search_seconds, "refit": m.refit_seconds, "others": noise.cores, "splits": splits}
+            "search": m.search_seconds, "refit": m.refit_seconds, "others": noise.cores, "splits": splits,
+            "folds": run.params.cv}
 
 
 def compare(name: str, fsid: str, cache: Path, heads: list[str], skip_reference: bool, same_objective: bool) -> list[list]:
@@ -113,8 +115,8 @@ def compare(name: str, fsid: str, cache: Path, heads: list[str], skip_reference:
     for head in heads:
         mine[head] = r = ours(head, data, out_dir() / "runs-fit")
         print(f"  featcache fit --head {head}: {r['seconds']:.1f} s (cpu {r['cpu']:.1f}; search {r['search']:.1f} + refit "
-              f"{r['refit']:.2f}), CV {r['cv']:.4f}, test {r['test']:.4f}, best {r['best']}, others {r['others']:.2f} cores",
-              flush=True)
+              f"{r['refit']:.2f}), {r['folds']}-fold CV {r['cv']:.4f}, test {r['test']:.4f}, best {r['best']}, "
+              f"others {r['others']:.2f} cores", flush=True)
     if skip_reference:
         return [[name, shape, h, f"{r['seconds']:.1f} ({r['cpu']:.1f})", "-", "-", f"{r['cv']:.4f}", f"{r['test']:.4f}",
                  "-", "-", f"{r['others']:.2f}"] for h, r in mine.items()]

@@ -41,35 +41,44 @@ def gram_factor(K: np.ndarray) -> np.ndarray:
     raise LinAlgError("Gram matrix is not positive definite")
 
 
-def gram_matrix(Zn: np.ndarray, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """(K, F): K = Zn Zn^T (+ 1 with a regularised bias) in float64, and for narrow Zn the float64
-    features F = [Zn, 1] with K = F F^T exactly (products through F are cheaper than through K).
+def gram_matrix(Z: np.ndarray, scale: np.ndarray | None, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(K, F) for the rows Zn = scale * Z: K = Zn Zn^T (+ 1 with a regularised bias) in float64, and
+    for narrow Z the float64 features F = [Zn, 1] with K = F F^T exactly (products through F are
+    cheaper than through K).
 
-    Wide Zn is multiplied in float32 (half the time of float64, and no float64 copy of the maps);
-    each entry is then exact to float32 rounding of a dot product, ~1e-6 relative.
+    Wide Z is multiplied in float32 (half the time of float64, and no float64 copy of the maps),
+    then scaled in float64: no normalised copy of the maps either. Each entry is exact to the float32
+    rounding of a dot product, ~1e-6 relative.
     """
-    n, p = Zn.shape
+    n, p = Z.shape
     if 2 * (p + bias) < n:
         F = np.empty((n, p + bias))
-        F[:, :p] = Zn
+        F[:, :p] = Z
+        if scale is not None:
+            F[:, :p] *= scale[:, None]
         if bias:
             F[:, p] = 1.0
         return F @ F.T, F
-    K = (Zn @ Zn.T).astype(np.float64)
+    K = (Z @ Z.T).astype(np.float64)
+    if scale is not None:
+        K *= scale[:, None]
+        K *= scale[None, :]
     if bias:
         K += 1.0
     return K, None
 
 
-def primal_weights(Zn: np.ndarray, beta: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """w = Zn^T beta as (k, d) float64. Up to 2^25 entries of Zn in float64, over column blocks; a
-    larger (wide) Zn in float32, ~10x faster there (4,000 x 62,720: 0.4 s instead of 3.9 s) and
-    within ~2e-6 of the largest weight (measured), as close as K's own float32 products."""
-    if Zn.size > 2**25:
-        return (beta.T.astype(np.float32) @ Zn).astype(np.float64)
-    out = np.empty((beta.shape[1], Zn.shape[1]))
-    for start in range(0, Zn.shape[1], chunk):
-        out[:, start:start + chunk] = beta.T @ Zn[:, start:start + chunk].astype(np.float64)
+def primal_weights(Z: np.ndarray, beta: np.ndarray, scale: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+    """w = Zn^T beta = Z^T (scale * beta) as (k, d) float64. Up to 2^25 entries of Z in float64, over
+    column blocks; a larger (wide) Z in float32, ~10x faster there (4,000 x 62,720: 0.4 s instead of
+    3.9 s) and within ~2e-6 of the largest weight (measured), as close as K's own float32 products."""
+    if scale is not None:
+        beta = beta * scale[:, None]
+    if Z.size > 2**25:
+        return (beta.T.astype(np.float32) @ Z).astype(np.float64)
+    out = np.empty((beta.shape[1], Z.shape[1]))
+    for start in range(0, Z.shape[1], chunk):
+        out[:, start:start + chunk] = beta.T @ Z[:, start:start + chunk].astype(np.float64)
     return out
 
 
@@ -111,6 +120,15 @@ class LinearHead(Head):
             return (Z - self.mean_) / self.scale_
         return Z
 
+    def _rows(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(A, scale) with the normalised rows equal to scale * A (scale None: A itself), so that row
+        normalisation can be applied to products of A instead of to a copy of A."""
+        if self.normalize == "l2":
+            norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
+            norms[norms == 0] = 1.0
+            return Z, 1.0 / norms
+        return self._normalized(Z), None
+
     def _kernel(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         """A B^T (+ 1 for a regularised bias) in float64 from float32 products."""
         return (A @ B.T).astype(np.float64) + (1.0 if self.bias_in_kernel else 0.0)
@@ -123,13 +141,13 @@ class LinearHead(Head):
         """Validate, normalise, fit directly or through the Gram matrix, keep float32 weights; return self."""
         Z, y, y_index = self._validate_fit(X, y)
         self._fit_normalizer(Z)
-        Zn = self._normalized(Z)
-        if not self._use_gram(*Zn.shape):
-            return self._set_model(self._make_model().fit(Zn, y))
-        return self._fit_gram(Zn, y, y_index)
+        if not self._use_gram(*Z.shape):
+            return self._set_model(self._make_model().fit(self._normalized(Z), y))
+        return self._fit_gram(Z, y, y_index)
 
-    def _fit_gram(self, Zn, y, y_index, K=None):
+    def _fit_gram(self, Z, y, y_index, K=None):
         """Fit the model on rows of a factor of K (= Zn Zn^T) and map its weights back to features."""
+        Zn = self._normalized(Z)
         L = gram_factor(self._kernel(Zn, Zn) if K is None else K)
         return self._set_from_factor(self._gram_model().fit(L, y), L, Zn)
 
@@ -154,8 +172,9 @@ class LinearHead(Head):
 
     # ---- grid search over C sharing one Gram matrix
     def _path_inputs(self, X, y, folds, candidates):
-        """(Zn, Cs) when a shared-Gram path applies, else None: a grid over C only, row-wise
-        normalisation ('l2' or 'none': no per-fold statistics) and the Gram solver for these shapes."""
+        """(Z, Cs) when a shared-Gram path applies, else None: a grid over C only, row-wise
+        normalisation ('l2' or 'none': no per-fold statistics) and the Gram solver for these shapes.
+        Z is what the model sees before normalisation."""
         if any(k != "C" for c in candidates for k in c) or self.normalize == "standard":
             return None
         self._check_params()
@@ -165,7 +184,7 @@ class LinearHead(Head):
             return None
         for c in candidates:
             clone(self).set_params(**c)._check_params()
-        return self._normalized(Z), [float(c.get("C", self.C)) for c in candidates]
+        return Z, [float(c.get("C", self.C)) for c in candidates]
 
     def _refit_from(self, X, y, solve):
         """refit(params) for a GridPath: validate X and y as fit does, then ``solve(head, params)``."""
@@ -192,7 +211,8 @@ class LinearHead(Head):
         inputs = self._path_inputs(X, y, folds, candidates)
         if inputs is None:
             return None
-        Zn, Cs = inputs
+        Z, Cs = inputs
+        Zn = self._normalized(Z)
         K = self._kernel(Zn, Zn)
         y = np.asarray(y)
 
@@ -214,5 +234,5 @@ class LinearHead(Head):
                 return out
 
         results = np.array(Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fold_path)(t, v) for t, v in folds))
-        refit = self._refit_from(X, y, lambda head, params: head._fit_gram(Zn, y, None, K))
+        refit = self._refit_from(X, y, lambda head, params: head._fit_gram(Z, y, None, K))
         return GridPath(results[:, :, 0].T, results[:, :, 1].T, results[:, :, 2].T, refit)

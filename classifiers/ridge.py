@@ -21,7 +21,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from classifiers.base import GridPath, Rule, heads
-from classifiers.linear import LinearHead, primal_weights
+from classifiers.linear import LinearHead, gram_matrix, primal_weights
 from classifiers.threads import BlasThreads
 
 
@@ -48,21 +48,21 @@ class RidgeHead(LinearHead):
         """Validate, normalise, solve the penalised least squares exactly; return self."""
         Z, _, y_index = self._validate_fit(X, y)
         self._fit_normalizer(Z)
-        Zn = self._normalized(Z)
-        mean = Zn.mean(axis=0, dtype=np.float64)
+        A, scale = self._rows(Z)  # the normalised rows are scale * A
+        mean = _mean(A, scale)
         Y = self._targets(y_index)
         Yc = Y - Y.mean(axis=0)
-        n, p = Zn.shape
+        n, p = A.shape
         if p <= n:  # (X_c^T X_c + alpha I) W = X_c^T Y_c, p x p
-            Xc = Zn.astype(np.float64) - mean
+            Xc = _scaled(A, scale) - mean
             A = Xc.T @ Xc
             A.flat[:: p + 1] += self.alpha
             W = cho_solve(cho_factor(A, lower=True, check_finite=False), Xc.T @ Yc, check_finite=False)
         else:  # dual: W = X_c^T (X_c X_c^T + alpha I)^-1 Y_c, n x n
-            K = _centred_gram(Zn, mean)
+            K = _centred_gram(A, scale, mean)
             K.flat[:: n + 1] += self.alpha
             beta = cho_solve(cho_factor(K, lower=True, check_finite=False), Yc, check_finite=False)
-            W = _weights(Zn, mean, beta)
+            W = _weights(A, scale, mean, beta)
         return self._set_weights(W, Y.mean(axis=0) - mean @ W)
 
     def _targets(self, y_index: np.ndarray) -> np.ndarray:
@@ -87,21 +87,21 @@ class RidgeHead(LinearHead):
         started = time.perf_counter()
         probe = self.__class__(**self.get_params())
         Z = probe._features(probe._check_input(np.asarray(X, dtype=np.float32)), fit=True)
-        Zn = self._normalized(Z)
+        A, scale = self._rows(Z)
         classes, y_index = np.unique(np.asarray(y), return_inverse=True)
         probe.classes_ = classes
         Y = probe._targets(y_index)
         Yc = Y - Y.mean(axis=0)
-        n, p = Zn.shape
-        mean = Zn.mean(axis=0, dtype=np.float64)
+        n, p = A.shape
+        mean = _mean(A, scale)
         blas = BlasThreads()
         if p <= n:
-            Xc = Zn.astype(np.float64) - mean
+            Xc = _scaled(A, scale) - mean
             with blas.one():
                 lam, U = np.linalg.eigh(Xc.T @ Xc)
                 Q = Xc @ U  # Q^T Q = diag(lam), Q Q^T = X_c X_c^T
         else:
-            K = _centred_gram(Zn, mean)
+            K = _centred_gram(A, scale, mean)
             with blas.one():
                 lam, V = np.linalg.eigh(K)
             lam = np.maximum(lam, 0.0)
@@ -133,19 +133,33 @@ class RidgeHead(LinearHead):
                 W = U @ (shrink[:, None] * QtY)  # (X_c^T X_c + alpha I)^-1 X_c^T Y_c
             else:
                 # beta = (K_c + alpha I)^-1 Y_c; on the null space of K_c it is Y_c / alpha, which X_c^T drops
-                W = _weights(Zn, mean, V @ (shrink[:, None] * (V.T @ Yc)))
+                W = _weights(A, scale, mean, V @ (shrink[:, None] * (V.T @ Yc)))
             return head._set_weights(W, Y.mean(axis=0) - mean @ W)
 
         return GridPath(scores, fit_times, score_times, self._refit_from(X, y, solve))
 
 
-def _centred_gram(Zn: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """X_c X_c^T in float64: the float32 product Zn Zn^T, centred exactly in float64."""
-    K = (Zn @ Zn.T).astype(np.float64)
-    row = np.concatenate([Zn[i:i + 512].astype(np.float64) @ mean for i in range(0, len(Zn), 512)])
+def _scaled(A: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """The normalised rows scale * A in float64 (narrow features only: a float64 copy)."""
+    return A.astype(np.float64) if scale is None else A * scale[:, None]
+
+
+def _mean(A: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """Mean of the normalised rows, float64, without a copy of A."""
+    weights = np.full(len(A), 1.0 / len(A)) if scale is None else scale / len(A)
+    return primal_weights(A, weights[:, None])[0]
+
+
+def _centred_gram(A: np.ndarray, scale: np.ndarray | None, mean: np.ndarray) -> np.ndarray:
+    """X_c X_c^T in float64, X_c the normalised rows minus their mean: the float32 product A A^T,
+    scaled and centred exactly in float64."""
+    K, _ = gram_matrix(A, scale, bias=False)
+    row = primal_weights(A.T, mean[:, None])[0]  # A @ mean
+    if scale is not None:
+        row *= scale
     return K - row[:, None] - row[None, :] + mean @ mean
 
 
-def _weights(Zn: np.ndarray, mean: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def _weights(A: np.ndarray, scale: np.ndarray | None, mean: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """X_c^T beta as (d, k) float64 (see ``primal_weights`` for the precision of wide ones)."""
-    return primal_weights(Zn, beta).T - np.outer(mean, beta.sum(axis=0))
+    return primal_weights(A, beta, scale).T - np.outer(mean, beta.sum(axis=0))

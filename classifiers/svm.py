@@ -88,16 +88,17 @@ class SVMHead(LinearHead):
         Y = np.where(y_index[:, None] == np.arange(k), 1.0, -1.0)
         return Y, np.where(Y > 0, cw, 1.0)
 
-    def _fit_gram(self, Zn, y, y_index):
-        K, F = gram_matrix(Zn, bias=True)
+    def _fit_gram(self, Z, y, y_index):
+        A, scale = self._rows(Z)
+        K, F = gram_matrix(A, scale, bias=True)
         Y, weight = self._one_vs_rest(self.classes_, y_index)
         batch = SquaredHingeBatch(K, np.ones(Y.shape, dtype=bool), Y, weight, features=F, max_newton=self.max_iter)
         batch.solve(self.C)
-        return self._set_dual(Zn, batch.beta, batch.stats["newton"])
+        return self._set_dual(A, scale, batch.beta, batch.stats["newton"])
 
-    def _set_dual(self, Zn, beta, n_iter):
-        """coef_ = Zn^T beta; the intercept is the weight of the constant 1, the sum of beta."""
-        self.coef_ = primal_weights(Zn, beta).astype(np.float32)
+    def _set_dual(self, A, scale, beta, n_iter):
+        """coef_ = Zn^T beta (Zn = scale * A); the intercept is the weight of the constant 1, sum(beta)."""
+        self.coef_ = primal_weights(A, beta, scale).astype(np.float32)
         self.intercept_ = beta.sum(axis=0).astype(np.float32)
         self.n_iter_ = int(n_iter)
         return self
@@ -115,11 +116,12 @@ class SVMHead(LinearHead):
         if inputs is None:
             return None
         started = time.perf_counter()
-        Zn, Cs = inputs
+        Z, Cs = inputs
+        A, scale = self._rows(Z)
         classes, y_index = np.unique(np.asarray(y), return_inverse=True)
         Y1, w1 = self._one_vs_rest(classes, y_index)
         n, k, n_folds = len(y_index), Y1.shape[1], len(folds)
-        K, F = gram_matrix(Zn, bias=True)
+        K, F = gram_matrix(A, scale, bias=True)
         train = np.zeros((n, (n_folds + 1) * k), dtype=bool)
         for f, (rows, _) in enumerate(folds):
             train[rows, f * k:(f + 1) * k] = True
@@ -159,6 +161,6 @@ class SVMHead(LinearHead):
 
         def solve(head, params):
             C = float(params.get("C", self.C))
-            return head._set_dual(Zn, solutions[C], iterations[C])
+            return head._set_dual(A, scale, solutions[C], iterations[C])
 
         return GridPath(scores, fit_times, score_times, self._refit_from(X, y, solve))
