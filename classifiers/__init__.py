@@ -2,7 +2,7 @@
 
 >>> from classifiers import get_head, list_heads
 >>> list_heads()
-['gap', 'logreg', 'mlp', 'svm']
+['gap', 'logreg', 'mlp', 'ridge', 'svm']
 >>> head = get_head("svm")(C=10).fit(X, y)          # doctest: +SKIP
 
 X is (n, d) vectors or (n, C, H, W) feature maps. Heads know nothing of featcache. The names below

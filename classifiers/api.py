@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.base import Head, ParamError, Rule, heads, proba_from_decision
-from classifiers import gap, logreg, mlp, svm  # noqa: F401,E402  (importing registers the heads)
+from classifiers import gap, logreg, mlp, ridge, svm  # noqa: F401,E402  (importing registers the heads)
 
 __all__ = ["Head", "ParamError", "Rule", "heads", "get_head", "list_heads", "save_head", "load_head", "scores"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -110,6 +110,25 @@ class Rule:
         if not extras:
             return words
         return f"{', '.join(extras)} or {words}"
+
+
+# --------------------------------------------------------------------------- grid search over a path
+class GridPath(NamedTuple):
+    """What a head's ``search_path(X, y, folds, candidates, n_jobs, on_fit)`` returns.
+
+    ``scores``, ``fit_times``, ``score_times``: arrays of shape (candidates, folds), the validation
+    accuracy of each candidate on each fold as fitting it there and scoring it would give (up to
+    rounding: a fitted head keeps float32 weights, so a validation image whose two best classes tie
+    to ~1e-6 could go either way).
+    ``refit(params)``: the head fitted on all of X with those parameters, built from work the path
+    already did; None when the search should refit it with ``clone(head).set_params(...).fit``.
+    A head returns None instead of a GridPath when its path does not apply to a grid or data.
+    """
+
+    scores: np.ndarray
+    fit_times: np.ndarray
+    score_times: np.ndarray
+    refit: Callable[[dict], Any] | None = None
 
 
 # --------------------------------------------------------------------------- probabilities

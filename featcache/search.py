@@ -4,8 +4,9 @@ The table has scikit-learn's ``cv_results_`` columns (``params``, ``param_C``,
 ``split0_test_score``, ``mean_test_score``, ``rank_test_score``, ``mean_fit_time`` ...), so a run's
 metrics are that dict written out. Candidates x folds run through joblib, so ``backend="ray"``
 (joblib's Ray backend) spreads them over a cluster with no other change. A head may provide a
-``search_path`` that evaluates a whole grid at once (e.g. sharing one Gram matrix between C values);
-it returns the same per-fold scores and is used transparently.
+``search_path`` that evaluates a whole grid at once (e.g. sharing one Gram matrix between C values):
+it returns a ``classifiers.base.GridPath`` with the same per-fold scores as this loop and, if it
+can, a refit built from its own work; it is used transparently with the local backend.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     path = getattr(estimator, "search_path", None)
     shared = path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update) if callable(path) and backend == "local" else None
     if shared is not None:
-        scores[:], fit_times[:], score_times[:] = shared
+        scores[:], fit_times[:], score_times[:] = shared.scores, shared.fit_times, shared.score_times
     else:
         jobs = [(c, f) for c in range(len(cands)) for f in range(n_folds)]
         with parallel_backend(backend, n_jobs):
@@ -83,7 +84,10 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     table = results_table(cands, scores, fit_times, score_times)
     best = int(np.argmin(table["rank_test_score"]))
     start = time.perf_counter()
-    best_estimator = clone(estimator).set_params(**cands[best]).fit(X, y)
+    if shared is not None and shared.refit is not None:
+        best_estimator = shared.refit(cands[best])
+    else:
+        best_estimator = clone(estimator).set_params(**cands[best]).fit(X, y)
     return SearchResult(table, best, cands[best], best_estimator, time.perf_counter() - start)
 
 

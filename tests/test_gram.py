@@ -41,10 +41,15 @@ def test_gram_solver_matches_the_direct_solver(head, classes, C):
         assert np.mean(gram.predict(Xt) == direct.predict(Xt)) >= 0.98
 
 
-def test_auto_takes_the_gram_path_only_when_features_outnumber_images():
-    head = get_head("svm")()
-    assert head._use_gram(100, 3000) and not head._use_gram(3000, 100)
+def test_auto_takes_the_gram_path_when_wide_and_the_svm_also_up_to_kernel_rows():
+    from classifiers.svm import KERNEL_ROWS
+
+    svm, logreg = get_head("svm")(), get_head("logreg")()
+    assert svm._use_gram(100, 3000) and svm._use_gram(3000, 100) and svm._use_gram(KERNEL_ROWS, 100)
+    assert not svm._use_gram(KERNEL_ROWS + 1, 100) and svm._use_gram(KERNEL_ROWS + 1, 10**5)
+    assert logreg._use_gram(100, 3000) and not logreg._use_gram(3000, 100)
     assert not get_head("logreg")(solver="lbfgs")._use_gram(100, 3000)
+    assert not get_head("svm")(solver="liblinear")._use_gram(100, 3000)
 
 
 @pytest.mark.parametrize("head", ["svm", "logreg"])
@@ -57,6 +62,10 @@ def test_shared_gram_search_gives_the_generic_search_scores(head):
     for k in range(4):
         assert fast.cv_results[f"split{k}_test_score"] == slow.cv_results[f"split{k}_test_score"]
     assert fast.best_params == {"C": slow.best_params["C"]}
+    # the path's refit reuses its Gram matrix: the same head as fitting afresh
+    fresh = get_head(head)(**fast.best_params).fit(X, y)
+    np.testing.assert_allclose(fast.best_estimator.coef_, fresh.coef_, atol=1e-6 * np.abs(fresh.coef_).max())
+    np.testing.assert_allclose(fast.best_estimator.intercept_, fresh.intercept_, atol=1e-6 * np.abs(fresh.coef_).max())
     # grids over more than C, and per-feature standardisation, take the generic loop
     assert get_head(head)(normalize="standard").search_path(X, y, folds, [{"C": 1.0}]) is None
     assert get_head(head)().search_path(X, y, folds, [{"C": 1.0, "tol": 1e-3}]) is None

@@ -18,7 +18,7 @@ from classifiers import ParamError, get_head, list_heads, load_head, save_head, 
 from classifiers.gap import GAPHead
 from classifiers.registry import UnknownName
 
-HEADS = ["gap", "logreg", "mlp", "svm"]
+HEADS = ["gap", "logreg", "mlp", "ridge", "svm"]
 FAST = {"mlp": dict(hidden_units=32, max_epochs=30, learning_rate=1e-2)}  # small settings for speed
 
 
@@ -64,7 +64,7 @@ def test_head_learns_separable_maps(name, n_classes, labels):
     assert d.shape == ((len(X_test),) if n_classes == 2 else (len(X_test), n_classes))
 
 
-@pytest.mark.parametrize("name", ["svm", "logreg", "mlp"])
+@pytest.mark.parametrize("name", ["svm", "logreg", "ridge", "mlp"])
 def test_vector_heads_take_vectors_and_flatten_maps_alike(name):
     X, y = make_maps(3)
     flat = X.reshape(len(X), -1)
@@ -73,7 +73,7 @@ def test_vector_heads_take_vectors_and_flatten_maps_alike(name):
 
 
 @pytest.mark.parametrize("normalize", ["l2", "standard", "none"])
-@pytest.mark.parametrize("name", ["svm", "logreg"])
+@pytest.mark.parametrize("name", ["svm", "logreg", "ridge"])
 def test_linear_normalize_options(name, normalize):
     X, y = make_maps(3, seed=1)
     X = X * 50 + 7  # badly scaled features: every option must still cope
@@ -159,6 +159,7 @@ class _GapOnVectors(GAPHead):
 CHECKED = [
     get_head("svm")(),
     get_head("logreg")(),
+    get_head("ridge")(),
     _GapOnVectors(),
     get_head("mlp")(hidden_units=32, max_epochs=10, learning_rate=1e-2),
 ]
@@ -188,11 +189,11 @@ def test_head_class_contract(name):
     est = cls()
     assert set(cls.default_grid) <= set(est.get_params())
     assert set(cls._param_rules) == set(est.get_params())
-    assert hasattr(est, "predict_proba") == (name != "svm")
+    assert hasattr(est, "predict_proba") == (name not in ("svm", "ridge"))
 
 
 def test_registry_lists_and_refuses_duplicates():
-    assert list_heads() == ["gap", "logreg", "mlp", "svm"]
+    assert list_heads() == ["gap", "logreg", "mlp", "ridge", "svm"]
     assert list_heads("l*") == ["logreg"]
     with pytest.raises(ValueError, match="registered twice"):
         classifiers.heads.register("svm")(type("Other", (), {}))
@@ -233,6 +234,8 @@ ROUND_TRIPS = [
     ("svm", {"normalize": "standard", "class_weight": {0: 2.0, 1: 1.0}}, None),
     ("logreg", {"normalize": "none"}, None),
     ("logreg", {"normalize": "standard"}, ["x", "y", "z"]),
+    ("ridge", {"alpha": 0.1}, ["cat", "dog", "owl"]),
+    ("ridge", {"normalize": "standard"}, None),
     ("gap", {}, ["cat", "dog", "owl"]),
     ("gap", {"C": 10.0}, None),
     ("mlp", {}, ["cat", "dog", "owl"]),
