@@ -70,14 +70,18 @@ def resolve(
         if image_size < graph.MIN_IMAGE_SIZE:
             raise ModelError(f"--image-size {image_size} is too small: featcache takes crops of at least {graph.MIN_IMAGE_SIZE} pixels")
         preprocess = preprocess.with_image_size(image_size)
-    skeleton = graph.build_on_meta(lambda: family.build_random(family.architecture(arch, chosen), preprocess.crop_size))
-    layer = layer or family.default_layer(skeleton, arch)
+    size = preprocess.crop_size
+    skeleton = graph.build_on_meta(lambda: family.build_random(family.architecture(arch, chosen), size))
+    tokens = family.tokens(skeleton, size, model)
+    if layer is None:  # a token pool without a layer pools the model's token sequence
+        layer = tokens.layer if tokens and pool != "none" else family.default_layer(skeleton, arch, tokens)
     family.check_layer(skeleton, layer, model)
     body, _ = family.body(skeleton, layer)
-    graph.check_pool(pool, graph.output_shape(body, "none", preprocess.crop_size, model), layer)
-    shape = graph.output_shape(body, pool, preprocess.crop_size, model)
+    out = graph.output_shape(body, "none", size, model)
+    graph.check_pool(pool, out, layer, tokens)
+    shape = out if pool == "none" else graph.output_shape(body, pool, size, model)
     backbone = Backbone(name=model, family=family.name, arch=arch, weights=chosen, preprocess=preprocess)
-    return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape)
+    return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape, tokens=tokens)
 
 
 def build(spec: ExtractorSpec):
@@ -85,7 +89,7 @@ def build(spec: ExtractorSpec):
     family, arch = family_of(spec.backbone.name)
     model = family.build(arch, spec.backbone.weights, spec.backbone.preprocess.crop_size)
     body, holder = family.body(model, spec.layer)
-    return graph.Cut(body, spec.pool, holder).eval()
+    return graph.Cut(body, spec.pool, holder, spec.tokens.prefix if spec.tokens else 0).eval()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import weights as w
-from .spec import Preprocess, Weights
+from .spec import Preprocess, Tokens, Weights
 
 
 class Family:
@@ -67,7 +67,12 @@ class Family:
     def nodes(self, model: nn.Module) -> list[str]:
         raise NotImplementedError
 
-    def default_layer(self, model: nn.Module, arch: str) -> str:
+    def tokens(self, model: nn.Module, size: int | tuple[int, int], model_name: str) -> Tokens | None:
+        """The token layout of a transformer at input ``size`` (meta device), or None for a map model."""
+        return None
+
+    def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
+        """What a linear probe should see: a map model's last map before pooling, a token model's own embedding."""
         raise NotImplementedError
 
     def body(self, model: nn.Module, layer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:

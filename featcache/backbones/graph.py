@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..extract_config import POOLS
+from .spec import Tokens
 
-POOLS = ("none", "avg", "max")
+TOKEN_POOLS = ("cls", "avg_patch")  # they need to know where a token sequence's patch tokens start
 MIN_IMAGE_SIZE = 8  # featcache's floor for --image-size; a model's own floor is found by tracing
 _TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
@@ -71,37 +73,59 @@ def check_layer(layer: str, nodes: list[str], model_name: str) -> None:
     )
 
 
-def pool_features(out: torch.Tensor, pool: str) -> torch.Tensor:
-    """Reduce spatial maps (N, C, H, W) or token sequences (N, T, D) to vectors."""
+def pool_features(out: torch.Tensor, pool: str, prefix: int = 0) -> torch.Tensor:
+    """Reduce spatial maps (N, C, H, W) or token sequences (N, T, D) to vectors.
+
+    ``prefix``: how many class/register tokens open a token sequence (``avg_patch`` leaves them out);
+    ``cls`` is the first token, as in timm, torchvision and OpenCLIP vision transformers.
+    """
     if pool == "none":
         return out
     if out.dim() == 4:
         return out.mean((2, 3)) if pool == "avg" else out.amax((2, 3))
     if out.dim() == 3:
+        if pool == "cls":
+            return out[:, 0]
+        if pool == "avg_patch":
+            return out[:, prefix:].mean(1)
         return out.mean(1) if pool == "avg" else out.amax(1)
     return out
 
 
-def check_pool(pool: str, shape: tuple[int, ...], layer: str) -> None:
+def check_pool(pool: str, shape: tuple[int, ...], layer: str, tokens: Tokens | None = None) -> None:
+    """``shape``: the layer's output per image; ``tokens``: the model's token layout (None for maps)."""
     if pool not in POOLS:
         raise ModelError(f"unknown pooling {pool!r}: use one of {', '.join(POOLS)}")
     if pool != "none" and len(shape) < 2:  # already a vector per image
         raise ModelError(
-            f"--pool {pool} needs a spatial map, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"
+            f"--pool {pool} needs a spatial map or a token sequence, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"
         )
+    if pool not in TOKEN_POOLS:
+        return
+    if len(shape) != 2 or tokens is None:
+        raise ModelError(f"--pool {pool} needs a token sequence, but layer {layer!r} gives {'x'.join(map(str, shape))} maps: "
+                         "use --pool avg or max")
+    if shape[0] != tokens.length:
+        raise ModelError(f"--pool {pool} needs the model's whole token sequence ({tokens.length} tokens, the first "
+                         f"{tokens.prefix} before the patches), but layer {layer!r} gives {shape[0]}: use a block's output, "
+                         "or --pool avg or max")
+    if pool == "cls" and not tokens.class_token:
+        raise ModelError(f"--pool cls: the model has no class token ({tokens.prefix} register token(s) before the patches): "
+                         "use --pool avg_patch, or leave --layer out for the model's own embedding")
 
 
 class Cut(nn.Module):
     """A backbone body returning one tensor, followed by the chosen pooling."""
 
-    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], pool: str, modules: nn.Module):
+    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], pool: str, modules: nn.Module, prefix: int = 0):
         super().__init__()
         self.inner = modules  # registered so .to()/.eval() reach every parameter
         self._body = body
         self.pool = pool
+        self.prefix = prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(self._body(x), self.pool)
+        return pool_features(self._body(x), self.pool, self.prefix)
 
 
 def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,4 +1,10 @@
-"""Any timm model as ``timm:NAME``; the default cut is timm's own ``forward_features`` contract."""
+"""Any timm model as ``timm:NAME``, cut where timm's own contract cuts.
+
+A map model (ResNet, ConvNeXt, EfficientNet...) is cut at ``forward_features``: the last map before
+pooling. A token model (ViT, DeiT, EVA, DINOv2, SigLIP, CLIP towers: ``forward_features`` gives a token
+sequence) is cut at ``pre_logits``: ``forward_head(forward_features(x), pre_logits=True)``, the model's
+own embedding (its class token, mean of patch tokens or attention pool, with its final norm).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ from .. import config
 from ..errors import ModelError, WeightsError
 from . import graph
 from .family import Family
-from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Weights
+from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
 
 FORWARD_FEATURES = "forward_features"
+PRE_LOGITS = "pre_logits"
 
 
 class TimmFamily(Family):
@@ -112,24 +119,39 @@ class TimmFamily(Family):
             return get_graph_node_names(model)[1]
 
     def valid_layers(self, model: nn.Module) -> list[str]:
-        return [FORWARD_FEATURES] + self.nodes(model)
+        return [FORWARD_FEATURES, PRE_LOGITS] + self.nodes(model)
 
     def check_layer(self, model: nn.Module, layer: str, model_name: str) -> None:
-        if layer != FORWARD_FEATURES:
+        if layer not in (FORWARD_FEATURES, PRE_LOGITS):
             super().check_layer(model, layer, model_name)
 
-    def default_layer(self, model: nn.Module, arch: str) -> str:
-        return FORWARD_FEATURES
+    def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
+        return timm_tokens(model, size, model_name)
+
+    def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
+        return PRE_LOGITS if tokens else FORWARD_FEATURES
 
     def body(self, model: nn.Module, layer: str):
         if layer == FORWARD_FEATURES:
             return model.forward_features, model
+        if layer == PRE_LOGITS:
+            return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model
         from timm.models import create_feature_extractor
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             extractor = create_feature_extractor(model, return_nodes=[layer])
         return graph.fx_body(extractor, layer), extractor
+
+
+def timm_tokens(model: nn.Module, size, model_name: str) -> Tokens | None:
+    """A timm model whose ``forward_features`` gives (tokens, dim) per image: its prefix tokens as timm counts
+    them (``num_prefix_tokens``: class, register and distillation tokens), the class token first when it has one."""
+    shape = graph.output_shape(model.forward_features, "none", size, model_name)
+    if len(shape) != 2:
+        return None
+    return Tokens(prefix=int(getattr(model, "num_prefix_tokens", 0)),
+                  class_token=getattr(model, "cls_token", None) is not None, length=shape[0], layer=FORWARD_FEATURES)
 
 
 @contextlib.contextmanager
