@@ -21,7 +21,7 @@ from .spec import Backbone, ExtractorSpec, Preprocess, Weights
 registry: Registry[type[Family]] = Registry("backbone")
 register_backbone = registry.register
 
-from . import efficientnet_lite0  # noqa: E402,F401  (registers the built-in default)
+from . import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
 from .timm_family import TimmFamily  # noqa: E402
 from .torchvision_family import TorchvisionFamily  # noqa: E402
 
