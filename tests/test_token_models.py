@@ -9,6 +9,8 @@ computation on timm's own eval transform.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -19,8 +21,8 @@ from timm.data import create_transform, resolve_model_data_config
 import featcache
 from featcache import backbones
 from featcache.errors import FeatcacheError, ModelError
+from tests.conftest import cli_env, make_images
 from tests.conftest import featcache as run_cli
-from tests.conftest import make_images
 
 # The features are float32 from the same weights and the same pixels: what differs is the order of float
 # operations (batches, channels_last, normalisation on whole batches).
@@ -127,3 +129,27 @@ def test_the_pooling_choices_are_one_list_everywhere(photos, tmp_path):
     ok = run_cli("extract", "--data", photos, "--model", "timm:test_vit", "--weights", "none", "--pool", "cls",
                  "--layer", "forward_features", "--cache-dir", tmp_path / "c", "-q")
     assert ok.returncode == 0 and "x 64 " in ok.stdout, ok.stderr
+
+
+def test_a_pre_seeded_hugging_face_cache_serves_pretrained_weights_offline(photos, tmp_path):
+    """What the README tells an offline user to do: the weights file in the cache entry timm reads, under HF_HOME."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    state = {k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()}
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    save_file(state, snapshot / "model.safetensors")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    save_file(state, tmp_path / "same.safetensors")
+    env = cli_env(HF_HOME=str(tmp_path / "hf"))  # FEATCACHE_OFFLINE=1
+    pretrained = run_cli("extract", "--data", photos, "--model", "timm:test_vit", "--cache-dir", tmp_path / "c",
+                         "--dtype", "float32", "--json", "-q", env=env)
+    from_file = run_cli("extract", "--data", photos, "--model", "timm:test_vit", "--weights", tmp_path / "same.safetensors",
+                        "--cache-dir", tmp_path / "c", "--dtype", "float32", "--json", "-q", env=env)
+    assert pretrained.returncode == 0 and from_file.returncode == 0, pretrained.stderr + from_file.stderr
+    a, b = (featcache.open_features(json.loads(r.stdout)["id"], tmp_path / "c") for r in (pretrained, from_file))
+    with a, b:
+        assert a.meta["weights"] == "timm:timm/test_vit.r160_in1k" and a.meta["layer"] == "pre_logits"
+        np.testing.assert_array_equal(a.load(), b.load())

@@ -8,16 +8,17 @@ own embedding (its class token, mean of patch tokens or attention pool, with its
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import warnings
+from pathlib import Path
 
 from torch import nn
 
 from .. import config
 from ..errors import ModelError, WeightsError
 from . import graph
+from . import weights as w
 from .family import Family
 from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
 
@@ -83,33 +84,25 @@ class TimmFamily(Family):
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
         import timm
 
-        source = weights.identity.split(":", 1)[1]
         name = self.architecture(arch, weights)
-        message = (
-            f"pretrained timm weights {source} are not cached and cannot be downloaded (offline): "
-            f"on a connected machine run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
-            "and copy ~/.cache/huggingface (HF_HOME) here, or use --weights PATH for a local state dict, or --weights none"
-        )
-        import logging
-
         # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,
         # instead of five retries per file.
         offline = config.offline() or not config.resolvable("huggingface.co")
-        quiet = logging.getLogger("huggingface_hub")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
         try:
-            with warnings.catch_warnings(), _hub_offline(offline):
-                warnings.simplefilter("ignore")
+            with w.hub_offline(offline):
                 return timm.create_model(name, pretrained=True)
         except Exception as err:
-            if _is_offline_error(err):
-                raise WeightsError(message) from err
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise WeightsError(f"cannot build timm model {name} with pretrained weights {source} "
-                               f"({type(err).__name__}: {first})") from err
-        finally:
-            quiet.setLevel(level)
+            if w.is_offline_error(err):
+                raise WeightsError(self._offline_message(name)) from err
+            raise WeightsError(w.build_error(f"timm model {name} with pretrained weights {weights.identity}", err)) from err
+
+    def _offline_message(self, name: str) -> str:
+        cfg = self._cfg(name)
+        fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+        if cfg.hf_hub_id:
+            file = cfg.hf_hub_filename or "model.safetensors or pytorch_model.bin"
+            return w.hub_offline_message(f"timm weights {name}", w.hub_repo(cfg.hf_hub_id), file, fetch)
+        return w.offline_message(f"{name} (timm)", Path(cfg.url).name, cfg.url, w.torch_hub_checkpoints())
 
     def nodes(self, model: nn.Module) -> list[str]:
         from timm.models import get_graph_node_names
@@ -152,43 +145,6 @@ def timm_tokens(model: nn.Module, size, model_name: str) -> Tokens | None:
         return None
     return Tokens(prefix=int(getattr(model, "num_prefix_tokens", 0)),
                   class_token=getattr(model, "cls_token", None) is not None, length=shape[0], layer=FORWARD_FEATURES)
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool):
-    """huggingface_hub's offline flag, set for this build only (the hub reads it on every request)."""
-    import huggingface_hub.constants as hub
-
-    before = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = before or offline
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = before
-
-
-def _is_offline_error(err: BaseException) -> bool:
-    """The weights file is not in the cache and the network cannot fetch it (here or in a cause)."""
-    import socket
-    from urllib.error import URLError
-
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    kinds: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
-                                              TimeoutError, socket.gaierror, URLError)
-    try:
-        from requests.exceptions import ConnectionError as RequestsConnectionError
-
-        kinds += (RequestsConnectionError,)
-    except ImportError:
-        pass
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kinds):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def preprocess_of(data: dict, arch: str) -> Preprocess:
