@@ -22,28 +22,34 @@ registry: Registry[type[Family]] = Registry("backbone")
 register_backbone = registry.register
 
 from . import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
+from .openclip_family import OpenClipFamily  # noqa: E402  (imports open_clip only when used)
 from .timm_family import TimmFamily  # noqa: E402
 from .torchvision_family import TorchvisionFamily  # noqa: E402
 
 _TORCHVISION = TorchvisionFamily()
 _TIMM = TimmFamily()
+_OPENCLIP = OpenClipFamily()
+_PREFIXED = (_TIMM, _OPENCLIP)  # families a user names as PREFIX:ARCH
 
 __all__ = ["Backbone", "ExtractorSpec", "Preprocess", "Weights", "resolve", "build", "model_names", "describe", "family_of"]
 
 
 def family_of(model: str) -> tuple[Family, str]:
     """Which family builds ``model`` and under which architecture name."""
-    if model.startswith(TimmFamily.prefix):
-        arch = model[len(TimmFamily.prefix):]
-        if not _TIMM.has(arch):
-            raise ModelError(unknown_message("timm model", arch, _TIMM.archs()) + " (`featcache models 'timm:*'` lists them)")
-        return _TIMM, arch
+    for family in _PREFIXED:
+        if model.startswith(family.prefix):
+            arch = model[len(family.prefix):]
+            if not family.has(arch):
+                raise ModelError(unknown_message(f"{family.name} model", arch, family.archs())
+                                 + f" (`featcache models '{family.prefix}*'` lists them)")
+            return family, arch
     if model in registry:
         return registry.get(model)(), model
     if _TORCHVISION.has(model):
         return _TORCHVISION, model
     known = registry.names() + _TORCHVISION.archs()
-    raise ModelError(unknown_message("model", model, known) + " (timm models: timm:NAME; `featcache models` lists all)")
+    raise ModelError(unknown_message("model", model, known)
+                     + " (timm models: timm:NAME, OpenCLIP: openclip:ARCH/TAG; `featcache models` lists all)")
 
 
 def weights_for(family: Family, arch: str, choice: str | None) -> Weights:
@@ -102,9 +108,11 @@ class ModelInfo:
 
 
 def model_names(pattern: str | None = None) -> list[tuple[Family, str, str]]:
-    """(family, arch, user-facing name) for built-ins and torchvision; timm only for ``timm:`` globs."""
-    if pattern and pattern.startswith(TimmFamily.prefix):
-        rows = [(_TIMM, a, TimmFamily.prefix + a) for a in _TIMM.archs()]
+    """(family, arch, user-facing name) for built-ins and torchvision; timm and OpenCLIP for their own globs
+    (``timm:*``, ``openclip:*``)."""
+    prefixed = [f for f in _PREFIXED if pattern and pattern.startswith(f.prefix)]
+    if prefixed:
+        rows = [(prefixed[0], a, prefixed[0].prefix + a) for a in prefixed[0].archs()]
     else:
         rows = [(registry.get(n)(), n, n) for n in registry.names()]
         rows += [(_TORCHVISION, a, a) for a in _TORCHVISION.archs()]

@@ -60,8 +60,12 @@ class Family:
                     warnings.simplefilter("ignore")
                     model = self.build_random(arch, image_size)
                 if weights.kind == "file":
-                    w.load_into(model, w.load_state_dict_file(weights.path), weights.path)
+                    self.load_file(model, w.load_state_dict_file(weights.path), weights.path)
         return model.eval().requires_grad_(False)
+
+    def load_file(self, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a local state dict (``--weights PATH``) into ``model``, strictly."""
+        w.load_into(model, state, source)
 
     # -- graph -----------------------------------------------------------------------------------
     def nodes(self, model: nn.Module) -> list[str]:
