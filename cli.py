@@ -164,11 +164,15 @@ def models(pattern, layers_of, quiet, as_json):
         raise click.ClickException(f"no model matches {pattern!r}: try `featcache models` for all, or a glob such as 'resnet*' or 'timm:vit*'")
     if as_json:
         click.echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
-                                "feature_shape": list(r.feature_shape), "weights": r.weights} for r in rows]))
+                                "feature_shape": list(r.feature_shape), "weights": r.weights, "described": r.described} for r in rows]))
         return
     table = [("MODEL", "FAMILY", "DEFAULT LAYER", "FEATURES", "PRETRAINED WEIGHTS")]
     table += [(r.name, r.family, r.default_layer, "x".join(map(str, r.feature_shape)) or "?", r.weights) for r in rows]
     click.echo(_table(table))
+    pending = sum(not r.described for r in rows)
+    if pending and not quiet:
+        click.echo(f"{pending} of {len(rows)} not described (each takes up to a second, and what is described is kept): "
+                   "run the command again to describe more, or narrow the pattern", err=True)
 
 
 def _table(rows: list[tuple]) -> str:

@@ -26,7 +26,7 @@ from tests.conftest import featcache as run_cli
 
 # The features are float32 from the same weights and the same pixels: what differs is the order of float
 # operations (batches, channels_last, normalisation on whole batches).
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 MODELS = {"test_vit": (1, True), "test_vit2": (1, False), "eva02_tiny_patch14_224": (1, True)}  # prefix tokens, class token
 
 
@@ -153,3 +153,16 @@ def test_a_pre_seeded_hugging_face_cache_serves_pretrained_weights_offline(photo
     with a, b:
         assert a.meta["weights"] == "timm:timm/test_vit.r160_in1k" and a.meta["layer"] == "pre_logits"
         np.testing.assert_array_equal(a.load(), b.load())
+
+
+def test_listing_shows_each_token_models_cut_and_describes_within_its_time(tmp_path, monkeypatch):
+    from featcache.models import list_models
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # an empty memo
+    assert all(not r.described and r.default_layer == "?" for r in list_models("timm:*dinov2*", budget_s=0, progress_bar=False))
+    rows = list_models("timm:vit_small_patch14*dinov2*", progress_bar=False)
+    assert [r.name for r in rows] == ["timm:vit_small_patch14_dinov2", "timm:vit_small_patch14_dinov2.lvd142m",
+                                      "timm:vit_small_patch14_reg4_dinov2", "timm:vit_small_patch14_reg4_dinov2.lvd142m"]
+    assert {(r.default_layer, r.feature_shape, r.described) for r in rows} == {("pre_logits", (384,), True)}
+    again = list_models("timm:*dinov2*", budget_s=0, progress_bar=False)  # memoised: described without building
+    assert sum(r.described for r in again) == 4

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from classifiers.registry import Registry, unknown_message
 
-from ..errors import ModelError, WeightsError
+from ..errors import FeatcacheError, ModelError
 from . import graph
 from . import weights as w
 from .family import Family
-from .spec import Backbone, ExtractorSpec, Preprocess, Weights
+from .spec import Backbone, ExtractorSpec, Preprocess, Tokens, Weights
 
 registry: Registry[type[Family]] = Registry("backbone")
 register_backbone = registry.register
@@ -76,18 +76,30 @@ def resolve(
         if image_size < graph.MIN_IMAGE_SIZE:
             raise ModelError(f"--image-size {image_size} is too small: featcache takes crops of at least {graph.MIN_IMAGE_SIZE} pixels")
         preprocess = preprocess.with_image_size(image_size)
-    size = preprocess.crop_size
-    skeleton = graph.build_on_meta(lambda: family.build_random(family.architecture(arch, chosen), size))
-    tokens = family.tokens(skeleton, size, model)
-    if layer is None:  # a token pool without a layer pools the model's token sequence
-        layer = tokens.layer if tokens and pool != "none" else family.default_layer(skeleton, arch, tokens)
-    family.check_layer(skeleton, layer, model)
-    body, _ = family.body(skeleton, layer)
-    out = graph.output_shape(body, "none", size, model)
-    graph.check_pool(pool, out, layer, tokens)
-    shape = out if pool == "none" else graph.output_shape(body, pool, size, model)
+    layer, shape, tokens = _cut(family, family.architecture(arch, chosen), preprocess.crop_size, layer, pool, model)
     backbone = Backbone(name=model, family=family.name, arch=arch, weights=chosen, preprocess=preprocess)
     return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape, tokens=tokens)
+
+
+# (family, what is built, input size, layer asked, pool) -> (layer, feature shape, token layout): the same for every
+# weights tag of an architecture, so describing or resolving its tags builds it on the meta device once.
+_CUTS: dict[tuple, tuple[str, tuple[int, ...], Tokens | None]] = {}
+
+
+def _cut(family: Family, built: str, size, layer: str | None, pool: str, model: str):
+    key = (type(family), family.cut_key(built), size, layer, pool)
+    if key not in _CUTS:
+        skeleton = graph.build_on_meta(lambda: family.build_random(built, size))
+        tokens = family.tokens(skeleton, size, model)
+        if layer is None:  # a token pool without a layer pools the model's token sequence
+            layer = tokens.layer if tokens and pool != "none" else family.default_layer(skeleton, built, tokens)
+        family.check_layer(skeleton, layer, model)
+        out = family.layer_shape(skeleton, layer, size, model)
+        graph.check_pool(pool, out, layer, tokens)
+        if len(_CUTS) > 256:
+            _CUTS.clear()
+        _CUTS[key] = (layer, out if pool == "none" else graph.pooled_shape(out, pool), tokens)
+    return _CUTS[key]
 
 
 def build(spec: ExtractorSpec):
@@ -105,6 +117,7 @@ class ModelInfo:
     default_layer: str
     feature_shape: tuple[int, ...]
     weights: str
+    described: bool = True  # False: listed by name only (featcache models ran out of its time to describe)
 
 
 def model_names(pattern: str | None = None) -> list[tuple[Family, str, str]]:
@@ -125,7 +138,7 @@ def describe(family: Family, arch: str, name: str) -> ModelInfo:
         spec = resolve(name, weights="none")
         weights = family.pretrained(arch, "DEFAULT").identity
         return ModelInfo(name, family.name, spec.layer, spec.feature_shape, weights)
-    except (ModelError, WeightsError):
+    except FeatcacheError:  # a model featcache cannot cut or build here: listed, undescribed
         return ModelInfo(name, family.name, "?", (), "-")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
+import weakref
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import FeatcacheError, ModelError
 from ..extract_config import POOLS
 from .spec import Tokens
 
@@ -35,6 +36,8 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
         try:
             with torch.device("meta"):
                 return build().eval()
+        except FeatcacheError:  # the family's own verdict (a missing package...): the CPU would say the same
+            raise
         except Exception:  # e.g. regnet computes widths with tensors at build time
             return build().eval().to("meta")
 
@@ -132,6 +135,58 @@ def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.
     return lambda x: extractor(x)[layer]
 
 
+class _Output(Exception):
+    """Carries a module's output out of the forward pass (which then stops)."""
+
+
+def module_output(model: nn.Module, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s input -> ``module``'s output at its first call, caught by a forward hook; the rest of the
+    forward pass is not run. What an FX cut at the module returns, for a module called once."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        def catch(_module, _inputs, output):
+            raise _Output(output)
+
+        handle = module.register_forward_hook(catch)
+        try:
+            model(x)
+        except _Output as out:
+            return out.args[0]
+        finally:
+            handle.remove()
+        raise RuntimeError("the module was not called in the forward pass")
+
+    return run
+
+
+_NODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its eval-mode node names
+
+
+def fx_nodes(model: nn.Module, tracer: str) -> list[str]:
+    """The eval-mode graph nodes of ``model`` as ``tracer``'s FX tracer names them ("torchvision", or "timm",
+    which keeps timm's leaf modules whole), traced once per model (each trace is a train and an eval pass)."""
+    if model not in _NODES:
+        if tracer == "timm":
+            from timm.models import get_graph_node_names
+        else:
+            from torchvision.models.feature_extraction import get_graph_node_names
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _NODES[model] = get_graph_node_names(model)[1]
+    return _NODES[model]
+
+
+def fx_cut(model: nn.Module, layer: str, tracer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """``model`` cut at the graph node (or module) ``layer``: the body and the module holding its parameters."""
+    if tracer == "timm":
+        from timm.models import create_feature_extractor
+    else:
+        from torchvision.models.feature_extraction import create_feature_extractor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extractor = create_feature_extractor(model, return_nodes=[layer])
+    return fx_body(extractor, layer), extractor
+
+
 def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int | tuple[int, int],
                  model_name: str) -> tuple[int, ...]:
     """Feature shape per image at a ``size`` x ``size`` (or (height, width)) input, computed on the meta device."""
@@ -144,6 +199,11 @@ def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: 
     if any(s == 0 for s in shape):
         raise ModelError(f"image size {size} gives an empty feature map for {model_name}: use a larger --image-size")
     return shape
+
+
+def pooled_shape(shape: tuple[int, ...], pool: str) -> tuple[int, ...]:
+    """What ``pool`` leaves of a ``shape`` per image."""
+    return tuple(pool_features(torch.empty((1, *shape), device="meta"), pool).shape[1:])
 
 
 def _run(body, pool: str, h: int, w: int) -> torch.Tensor:

@@ -20,7 +20,6 @@ from torch import nn
 
 from .. import config
 from ..errors import ModelError, WeightsError
-from . import graph
 from . import weights as w
 from .family import Family
 from .spec import INTERPOLATIONS, Preprocess, Tokens, Weights
@@ -135,14 +134,20 @@ class OpenClipFamily(Family):
 
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
         oc = open_clip()
-        with _quiet(), w.hub_offline(True):  # random init: never a download (a timm trunk's own weights included)
-            model = oc.create_model(split(arch)[0], pretrained=None, device=torch.get_default_device(),
-                                    pretrained_image=False, pretrained_text=False)
+        name = split(arch)[0]
+        _check_text_tower(name)
+        try:
+            with _quiet(), w.hub_offline(True):  # random init: never a download (a timm trunk's own weights included)
+                model = oc.create_model(name, pretrained=None, device=torch.get_default_device(),
+                                        pretrained_image=False, pretrained_text=False)
+        except Exception as err:  # e.g. a Hugging Face text tower without the transformers package
+            raise ModelError(w.build_error(f"OpenCLIP model {name}", err)) from err
         return model.visual
 
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
         oc = open_clip()
         name, tag = weights.name.split("/")
+        _check_text_tower(name)
         offline = config.offline() or not config.resolvable("huggingface.co")
         try:
             with _quiet(), w.hub_offline(offline):
@@ -167,15 +172,6 @@ class OpenClipFamily(Family):
         super().load_file(model, state, source)
 
     # -- graph -----------------------------------------------------------------------------------
-    def nodes(self, model: nn.Module) -> list[str]:
-        import warnings
-
-        from torchvision.models.feature_extraction import get_graph_node_names
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return get_graph_node_names(model)[1]
-
     def valid_layers(self, model: nn.Module) -> list[str]:
         return [ENCODE_IMAGE] + self.nodes(model)
 
@@ -201,14 +197,18 @@ class OpenClipFamily(Family):
     def body(self, model: nn.Module, layer: str):
         if layer == ENCODE_IMAGE:
             return lambda x: _embedding(model(x)), model
-        import warnings
+        return super().body(model, layer)
 
-        from torchvision.models.feature_extraction import create_feature_extractor
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extractor = create_feature_extractor(model, return_nodes=[layer])
-        return graph.fx_body(extractor, layer), extractor
+def _check_text_tower(name: str) -> None:
+    """OpenCLIP builds the whole model before featcache keeps its image tower: a text tower taken from Hugging Face
+    transformers needs that package (its weights, too, come with the checkpoint)."""
+    import importlib.util
+
+    hf_text = (open_clip().get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
+    if hf_text and importlib.util.find_spec("transformers") is None:
+        raise ModelError(f"OpenCLIP builds {name} with the text tower {hf_text} from Hugging Face transformers, which is "
+                         "not installed: pip install transformers")
 
 
 def _embedding(out):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
+import weakref
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .. import config
@@ -29,6 +30,7 @@ PRE_LOGITS = "pre_logits"
 class TimmFamily(Family):
     name = "timm"
     prefix = "timm:"
+    tracer = "timm"
 
     @functools.cache
     def archs(self) -> list[str]:
@@ -65,6 +67,9 @@ class TimmFamily(Family):
 
     def architecture(self, arch: str, weights: Weights) -> str:
         return weights.name if weights.kind == "pretrained" and weights.name else arch
+
+    def cut_key(self, built: str) -> str:
+        return built.split(".")[0]  # a weights tag changes the input size (part of the key) and the classes, not the cut
 
     def preprocess(self, arch: str, weights: Weights) -> Preprocess:
         """The weights' own input contract, as timm's resolver reads it from their pretrained config."""
@@ -104,13 +109,6 @@ class TimmFamily(Family):
             return w.hub_offline_message(f"timm weights {name}", w.hub_repo(cfg.hf_hub_id), file, fetch)
         return w.offline_message(f"{name} (timm)", Path(cfg.url).name, cfg.url, w.torch_hub_checkpoints())
 
-    def nodes(self, model: nn.Module) -> list[str]:
-        from timm.models import get_graph_node_names
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return get_graph_node_names(model)[1]
-
     def valid_layers(self, model: nn.Module) -> list[str]:
         return [FORWARD_FEATURES, PRE_LOGITS] + self.nodes(model)
 
@@ -121,6 +119,14 @@ class TimmFamily(Family):
     def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
         return timm_tokens(model, size, model_name)
 
+    def layer_shape(self, model: nn.Module, layer: str, size, model_name: str) -> tuple[int, ...]:
+        if layer == FORWARD_FEATURES:
+            return features_shape(model, size, model_name)
+        if layer == PRE_LOGITS:  # the head on forward_features' output: no second pass through the blocks
+            inputs = torch.empty((1, *features_shape(model, size, model_name)), device="meta")
+            return tuple(model.forward_head(inputs, pre_logits=True).shape[1:])
+        return super().layer_shape(model, layer, size, model_name)
+
     def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
         return PRE_LOGITS if tokens else FORWARD_FEATURES
 
@@ -129,18 +135,24 @@ class TimmFamily(Family):
             return model.forward_features, model
         if layer == PRE_LOGITS:
             return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model
-        from timm.models import create_feature_extractor
+        return super().body(model, layer)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extractor = create_feature_extractor(model, return_nodes=[layer])
-        return graph.fx_body(extractor, layer), extractor
+
+_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # meta model -> {input size: shape}
+
+
+def features_shape(model: nn.Module, size, model_name: str) -> tuple[int, ...]:
+    """``forward_features``' output shape per image on the meta device, computed once per model and size."""
+    shapes = _FEATURES.setdefault(model, {})
+    if size not in shapes:
+        shapes[size] = graph.output_shape(model.forward_features, "none", size, model_name)
+    return shapes[size]
 
 
 def timm_tokens(model: nn.Module, size, model_name: str) -> Tokens | None:
     """A timm model whose ``forward_features`` gives (tokens, dim) per image: its prefix tokens as timm counts
     them (``num_prefix_tokens``: class, register and distillation tokens), the class token first when it has one."""
-    shape = graph.output_shape(model.forward_features, "none", size, model_name)
+    shape = features_shape(model, size, model_name)
     if len(shape) != 2:
         return None
     return Tokens(prefix=int(getattr(model, "num_prefix_tokens", 0)),

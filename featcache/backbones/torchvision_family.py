@@ -84,13 +84,6 @@ class TorchvisionFamily(Family):
                 raise WeightsError(f"cached weights {cached} are corrupt (hash mismatch): delete the file and retry") from err
             raise
 
-    def nodes(self, model: nn.Module) -> list[str]:
-        from torchvision.models.feature_extraction import get_graph_node_names
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return get_graph_node_names(model)[1]
-
     def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
         from torchvision.models import VisionTransformer
 
@@ -101,11 +94,3 @@ class TorchvisionFamily(Family):
 
     def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
         return _DEFAULT_LAYERS.get(arch) or graph.default_cut(model, self.nodes(model))
-
-    def body(self, model: nn.Module, layer: str):
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extractor = create_feature_extractor(model, return_nodes=[layer])
-        return graph.fx_body(extractor, layer), extractor
