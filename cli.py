@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
+from featcache.extract_config import POOLS  # noqa: E402  (import-light: no torch)
+
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
     help="Feature-set cache directory [default: ./.featcache, or $FEATCACHE_CACHE_DIR].",
@@ -95,7 +97,9 @@ def main(debug: bool) -> None:
 @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="Backbone: a torchvision name, timm:NAME, or efficientnet_lite0 (built in, offline).")
 @click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
 @click.option("--layer", default=None, help="Graph node to cut at [default: the last feature map before pooling].")
-@click.option("--pool", type=click.Choice(["none", "avg", "max"]), default="none", show_default=True, help="Reduce spatial maps at extraction time.")
+@click.option("--pool", type=click.Choice(POOLS), default="none", show_default=True,
+              help="Reduce the cut's output: avg/max over a map's positions or all tokens; for token sequences cls "
+                   "(the class token) or avg_patch (the mean of the patch tokens, class and register tokens left out).")
 @click.option("--image-size", type=int, default=None, help="Crop size fed to the model [default: the weights' own].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
 @click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
@@ -164,11 +168,15 @@ def models(pattern, layers_of, quiet, as_json):
         raise click.ClickException(f"no model matches {pattern!r}: try `featcache models` for all, or a glob such as 'resnet*' or 'timm:vit*'")
     if as_json:
         click.echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
-                                "feature_shape": list(r.feature_shape), "weights": r.weights} for r in rows]))
+                                "feature_shape": list(r.feature_shape), "weights": r.weights, "described": r.described} for r in rows]))
         return
     table = [("MODEL", "FAMILY", "DEFAULT LAYER", "FEATURES", "PRETRAINED WEIGHTS")]
     table += [(r.name, r.family, r.default_layer, "x".join(map(str, r.feature_shape)) or "?", r.weights) for r in rows]
     click.echo(_table(table))
+    pending = sum(not r.described for r in rows)
+    if pending and not quiet:
+        click.echo(f"{pending} of {len(rows)} not described (each takes up to a second, and what is described is kept): "
+                   "run the command again to describe more, or narrow the pattern", err=True)
 
 
 def _table(rows: list[tuple]) -> str:
@@ -463,7 +471,7 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @click.option("--data", "data", default=None, type=click.Path(), help="Image folder [default: the sweep file's data, else ./data].")
 @click.option("--model", "-m", "models", multiple=True, metavar="MODEL[@WEIGHTS]", help="Backbone (repeatable); e.g. resnet18, efficientnet_lite0@none.")
 @click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
-@click.option("--pool", "pools", multiple=True, type=click.Choice(["none", "avg", "max"]), help="Pooling (repeatable) [default: none].")
+@click.option("--pool", "pools", multiple=True, type=click.Choice(POOLS), help="Pooling (repeatable) [default: none].")
 @click.option("--head", "heads", multiple=True, help="Head (repeatable) [default: svm].")
 @click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
-HYMENOPTERA = (REPO.parent / "shared" / "data" / "hymenoptera").resolve()
+# The shared photo set beside the repository; BENCH_HYMENOPTERA points elsewhere (e.g. from a git worktree).
+HYMENOPTERA = Path(os.environ.get("BENCH_HYMENOPTERA") or REPO.parent / "shared" / "data" / "hymenoptera").resolve()
 
 # What the `featcache` command sets before torch loads (cli.py; importing featcache sets nothing), so the
 # benches and the processes they start measure featcache as the command runs it. This module is

@@ -21,6 +21,7 @@ Run from the repository root::
     python bench/extract_speed.py            # full, ~11 min on 2 cores (600 synthetic images)
     python bench/extract_speed.py --quick    # ~1-2 min smoke version
     python bench/extract_speed.py --sections forward,vgg16
+    python bench/extract_speed.py --models timm:vit_small_patch16_224@none --sections forward,headline   # a ViT
 """
 
 from __future__ import annotations
@@ -257,9 +258,9 @@ def featcache_rate(data: Path, model: str, **kw) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------
 # sections
 # ------------------------------------------------------------------------------------------------
-def section_forward(cfg, nets, report, models=tuple(MODELS)) -> dict:
+def section_forward(cfg, nets, report, models=None) -> dict:
     best = {}
-    for model in models:
+    for model in models or tuple(MODELS):
         sweep, noise = forward_sweep(nets, model, cfg.sizes, cfg.sweep_rounds, cfg.sweep_seconds)
         rows = [[bs, sweep[(bs, True, 1)], sweep[(bs, False, 1)], sweep[(bs, True, 1)] / sweep[(bs, False, 1)],
                  sweep[(bs, True, 2)], max(noise[(bs, cl, st)] for cl, st in SETTINGS)] for bs in cfg.sizes]
@@ -329,14 +330,18 @@ def main() -> None:
     ap.add_argument("--sections", default="forward,headline,vgg16")
     ap.add_argument("--synthetic", type=int, help="synthetic images in the headline (default 600, quick 160; RESULTS.md used 1000)")
     ap.add_argument("--rounds", type=int, help="headline rounds (default 3, quick 1)")
+    ap.add_argument("--sizes", help="forward-only batch sizes, e.g. 2,8,32 (default 1,2,4,8,16,32,64; quick 4,16,32)")
+    ap.add_argument("--sweep-rounds", type=int, help="forward-only sweep rounds (default 2, quick 1)")
+    ap.add_argument("--models", help="MODEL[@WEIGHTS],... for forward and headline, each at its default cut "
+                                     f"(default {','.join(f'{m}@{w}' for m, w in MODELS.items())})")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return _child(args.child)
     q = args.quick
     cfg = argparse.Namespace(
-        sizes=[4, 16, 32] if q else [1, 2, 4, 8, 16, 32, 64],
-        sweep_rounds=1 if q else 2,
+        sizes=[int(s) for s in args.sizes.split(",")] if args.sizes else [4, 16, 32] if q else [1, 2, 4, 8, 16, 32, 64],
+        sweep_rounds=args.sweep_rounds or (1 if q else 2),
         sweep_seconds=0.5 if q else 1.0,
         fwd_seconds=1.0 if q else 2.0,
         rounds=args.rounds or (1 if q else 3),
@@ -346,6 +351,10 @@ def main() -> None:
     )
     if q:  # a smoke run: no waiting for a quiet machine, no reruns
         QUIET.update(retries=0, max_wait=0.0)
+    if args.models:
+        chosen = [m.partition("@") for m in args.models.split(",")]
+        MODELS.clear()
+        MODELS.update({m: w or "DEFAULT" for m, _, w in chosen})
     sections = args.sections.split(",")
     torch.set_num_threads(CORES)
     report = [f"# extract_speed {'--quick ' if q else ''}\n\n{C.machine()}"]

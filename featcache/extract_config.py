@@ -21,6 +21,9 @@ from . import config
 from .errors import FeatcacheError
 
 DTYPES = ("float16", "float32")
+# --pool: none keeps the layer's output; avg and max reduce a map's positions or all of a token sequence;
+# cls takes a token sequence's class token, avg_patch averages its patch tokens (class and register tokens left out).
+POOLS = ("none", "avg", "max", "cls", "avg_patch")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 ON_ERROR = ("skip", "fail")
 ENGINES = ("local", "ray")
@@ -99,6 +102,8 @@ class ExtractConfig:
         if self.cache_dir is not None:
             set_("cache_dir", os.fspath(self.cache_dir))
         set_("weights", str(self.weights if self.weights is not None else "DEFAULT"))
+        if self.pool not in POOLS:
+            raise FeatcacheError(f"unknown pooling {self.pool!r}: use one of {', '.join(POOLS)}")
         if self.dtype not in DTYPES:
             raise FeatcacheError(f"unknown dtype {self.dtype!r}: use float16 or float32")
         if self.precision not in PRECISIONS:

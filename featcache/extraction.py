@@ -346,6 +346,8 @@ def _attrs(plan: Plan, ran: Ran) -> dict:
         },
         "extract_args": stored.to_dict(),
     }
+    if b.family == "openclip":
+        attrs["versions"]["open_clip"] = _version("open_clip_torch")
     if ran.compile_error:
         attrs["compile_error"] = ran.compile_error
     if cfg.shard:

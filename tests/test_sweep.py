@@ -112,3 +112,16 @@ C = [1.0]
     for row in json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"].values():  # the file's data, not ./data
         with featcache.open_features(row["feature_set"], tmp_path / "c") as fs:
             assert fs.meta["data_root"] == str(data.resolve()) and len(fs) == 27
+
+
+def test_one_leaderboard_mixes_a_cnn_map_a_vit_embedding_and_a_clip_tower(data, tmp_path):
+    """Issue 13: each row at its own default cut and input size, with its extraction cost."""
+    models = ["resnet18@none", "timm:test_vit@none", "openclip:ViT-S-32-alt@none"]
+    r = run_cli("sweep", "--data", data, *[a for m in models for a in ("--model", m)], "--head", "logreg",
+                "--param", "logreg.C=1", "--cv", "3", "--out", tmp_path / "sw", "--cache-dir", tmp_path / "cache", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = {row["model"]: row for row in _rows(tmp_path / "sw")}
+    assert {m: (row["layer"], row["pool"]) for m, row in rows.items()} == {
+        "resnet18": ("layer4", "none"), "timm:test_vit": ("pre_logits", "none"), "openclip:ViT-S-32-alt": ("encode_image", "none")}
+    assert all(float(row["extract_images_per_second"]) > 0 and row["weights"] == "none" for row in rows.values())
+    assert float(rows["resnet18"]["feature_mb"]) > 10 * float(rows["timm:test_vit"]["feature_mb"])  # 512x7x7 maps vs 64-d

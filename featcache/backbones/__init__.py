@@ -12,38 +12,44 @@ from dataclasses import dataclass
 
 from classifiers.registry import Registry, unknown_message
 
-from ..errors import ModelError, WeightsError
+from ..errors import FeatcacheError, ModelError
 from . import graph
 from . import weights as w
 from .family import Family
-from .spec import Backbone, ExtractorSpec, Preprocess, Weights
+from .spec import Backbone, ExtractorSpec, Preprocess, Tokens, Weights
 
 registry: Registry[type[Family]] = Registry("backbone")
 register_backbone = registry.register
 
-from . import efficientnet_lite0  # noqa: E402,F401  (registers the built-in default)
+from . import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
+from .openclip_family import OpenClipFamily  # noqa: E402  (imports open_clip only when used)
 from .timm_family import TimmFamily  # noqa: E402
 from .torchvision_family import TorchvisionFamily  # noqa: E402
 
 _TORCHVISION = TorchvisionFamily()
 _TIMM = TimmFamily()
+_OPENCLIP = OpenClipFamily()
+_PREFIXED = (_TIMM, _OPENCLIP)  # families a user names as PREFIX:ARCH
 
 __all__ = ["Backbone", "ExtractorSpec", "Preprocess", "Weights", "resolve", "build", "model_names", "describe", "family_of"]
 
 
 def family_of(model: str) -> tuple[Family, str]:
     """Which family builds ``model`` and under which architecture name."""
-    if model.startswith(TimmFamily.prefix):
-        arch = model[len(TimmFamily.prefix):]
-        if not _TIMM.has(arch):
-            raise ModelError(unknown_message("timm model", arch, _TIMM.archs()) + " (`featcache models 'timm:*'` lists them)")
-        return _TIMM, arch
+    for family in _PREFIXED:
+        if model.startswith(family.prefix):
+            arch = model[len(family.prefix):]
+            if not family.has(arch):
+                raise ModelError(unknown_message(f"{family.name} model", arch, family.archs())
+                                 + f" (`featcache models '{family.prefix}*'` lists them)")
+            return family, arch
     if model in registry:
         return registry.get(model)(), model
     if _TORCHVISION.has(model):
         return _TORCHVISION, model
     known = registry.names() + _TORCHVISION.archs()
-    raise ModelError(unknown_message("model", model, known) + " (timm models: timm:NAME; `featcache models` lists all)")
+    raise ModelError(unknown_message("model", model, known)
+                     + " (timm models: timm:NAME, OpenCLIP: openclip:ARCH/TAG; `featcache models` lists all)")
 
 
 def weights_for(family: Family, arch: str, choice: str | None) -> Weights:
@@ -70,14 +76,30 @@ def resolve(
         if image_size < graph.MIN_IMAGE_SIZE:
             raise ModelError(f"--image-size {image_size} is too small: featcache takes crops of at least {graph.MIN_IMAGE_SIZE} pixels")
         preprocess = preprocess.with_image_size(image_size)
-    skeleton = graph.build_on_meta(lambda: family.build_random(family.architecture(arch, chosen), preprocess.crop_size))
-    layer = layer or family.default_layer(skeleton, arch)
-    family.check_layer(skeleton, layer, model)
-    body, _ = family.body(skeleton, layer)
-    graph.check_pool(pool, graph.output_shape(body, "none", preprocess.crop_size, model), layer)
-    shape = graph.output_shape(body, pool, preprocess.crop_size, model)
+    layer, shape, tokens = _cut(family, family.architecture(arch, chosen), preprocess.crop_size, layer, pool, model)
     backbone = Backbone(name=model, family=family.name, arch=arch, weights=chosen, preprocess=preprocess)
-    return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape)
+    return ExtractorSpec(backbone=backbone, layer=layer, pool=pool, feature_shape=shape, tokens=tokens)
+
+
+# (family, what is built, input size, layer asked, pool) -> (layer, feature shape, token layout): the same for every
+# weights tag of an architecture, so describing or resolving its tags builds it on the meta device once.
+_CUTS: dict[tuple, tuple[str, tuple[int, ...], Tokens | None]] = {}
+
+
+def _cut(family: Family, built: str, size, layer: str | None, pool: str, model: str):
+    key = (type(family), family.cut_key(built), size, layer, pool)
+    if key not in _CUTS:
+        skeleton = graph.build_on_meta(lambda: family.build_random(built, size))
+        tokens = family.tokens(skeleton, size, model)
+        if layer is None:  # a token pool without a layer pools the model's token sequence
+            layer = tokens.layer if tokens and pool != "none" else family.default_layer(skeleton, built, tokens)
+        family.check_layer(skeleton, layer, model)
+        out = family.layer_shape(skeleton, layer, size, model)
+        graph.check_pool(pool, out, layer, tokens)
+        if len(_CUTS) > 256:
+            _CUTS.clear()
+        _CUTS[key] = (layer, out if pool == "none" else graph.pooled_shape(out, pool), tokens)
+    return _CUTS[key]
 
 
 def build(spec: ExtractorSpec):
@@ -85,7 +107,7 @@ def build(spec: ExtractorSpec):
     family, arch = family_of(spec.backbone.name)
     model = family.build(arch, spec.backbone.weights, spec.backbone.preprocess.crop_size)
     body, holder = family.body(model, spec.layer)
-    return graph.Cut(body, spec.pool, holder).eval()
+    return graph.Cut(body, spec.pool, holder, spec.tokens.prefix if spec.tokens else 0).eval()
 
 
 @dataclass(frozen=True)
@@ -95,12 +117,15 @@ class ModelInfo:
     default_layer: str
     feature_shape: tuple[int, ...]
     weights: str
+    described: bool = True  # False: listed by name only (featcache models ran out of its time to describe)
 
 
 def model_names(pattern: str | None = None) -> list[tuple[Family, str, str]]:
-    """(family, arch, user-facing name) for built-ins and torchvision; timm only for ``timm:`` globs."""
-    if pattern and pattern.startswith(TimmFamily.prefix):
-        rows = [(_TIMM, a, TimmFamily.prefix + a) for a in _TIMM.archs()]
+    """(family, arch, user-facing name) for built-ins and torchvision; timm and OpenCLIP for their own globs
+    (``timm:*``, ``openclip:*``)."""
+    prefixed = [f for f in _PREFIXED if pattern and pattern.startswith(f.prefix)]
+    if prefixed:
+        rows = [(prefixed[0], a, prefixed[0].prefix + a) for a in prefixed[0].archs()]
     else:
         rows = [(registry.get(n)(), n, n) for n in registry.names()]
         rows += [(_TORCHVISION, a, a) for a in _TORCHVISION.archs()]
@@ -113,7 +138,7 @@ def describe(family: Family, arch: str, name: str) -> ModelInfo:
         spec = resolve(name, weights="none")
         weights = family.pretrained(arch, "DEFAULT").identity
         return ModelInfo(name, family.name, spec.layer, spec.feature_shape, weights)
-    except (ModelError, WeightsError):
+    except FeatcacheError:  # a model featcache cannot cut or build here: listed, undescribed
         return ModelInfo(name, family.name, "?", (), "-")
 
 

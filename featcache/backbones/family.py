@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import graph
 from . import weights as w
-from .spec import Preprocess, Weights
+from .spec import Preprocess, Tokens, Weights
 
 
 class Family:
@@ -21,6 +22,7 @@ class Family:
 
     name: str = ""
     prefix: str = ""  # what a user writes before the architecture name, e.g. "timm:"
+    tracer: str = "torchvision"  # whose FX tracer names the graph nodes --layer accepts (graph.fx_nodes)
 
     # -- catalogue -------------------------------------------------------------------------------
     def archs(self) -> list[str]:
@@ -44,6 +46,10 @@ class Family:
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
         raise NotImplementedError
 
+    def cut_key(self, built: str) -> str:
+        """What, besides the input size, fixes the layers and shapes of what ``architecture`` names."""
+        return built
+
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
         """Build with pretrained weights, downloading into the standard cache when online."""
         raise NotImplementedError
@@ -60,24 +66,40 @@ class Family:
                     warnings.simplefilter("ignore")
                     model = self.build_random(arch, image_size)
                 if weights.kind == "file":
-                    w.load_into(model, w.load_state_dict_file(weights.path), weights.path)
+                    self.load_file(model, w.load_state_dict_file(weights.path), weights.path)
         return model.eval().requires_grad_(False)
+
+    def load_file(self, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a local state dict (``--weights PATH``) into ``model``, strictly."""
+        w.load_into(model, state, source)
 
     # -- graph -----------------------------------------------------------------------------------
     def nodes(self, model: nn.Module) -> list[str]:
-        raise NotImplementedError
+        return graph.fx_nodes(model, self.tracer)
 
-    def default_layer(self, model: nn.Module, arch: str) -> str:
+    def tokens(self, model: nn.Module, size: int | tuple[int, int], model_name: str) -> Tokens | None:
+        """The token layout of a transformer at input ``size`` (meta device), or None for a map model."""
+        return None
+
+    def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
+        """What a linear probe should see: a map model's last map before pooling, a token model's own embedding."""
         raise NotImplementedError
 
     def body(self, model: nn.Module, layer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
         """A function image batch -> the layer's output, and the module holding its parameters."""
-        raise NotImplementedError
+        return graph.fx_cut(model, layer, self.tracer)
+
+    def layer_shape(self, model: nn.Module, layer: str, size, model_name: str) -> tuple[int, ...]:
+        """The layer's output shape per image at input ``size`` (``model`` is on the meta device). A module's output
+        is caught by a hook (no FX trace); another graph node's comes from the cut itself."""
+        try:
+            body = graph.module_output(model, model.get_submodule(layer))
+        except AttributeError:
+            body = self.body(model, layer)[0]
+        return graph.output_shape(body, "none", size, model_name)
 
     def valid_layers(self, model: nn.Module) -> list[str]:
         return self.nodes(model)
 
     def check_layer(self, model: nn.Module, layer: str, model_name: str) -> None:
-        from .graph import check_layer
-
-        check_layer(layer, self.nodes(model), model_name)
+        graph.check_layer(layer, self.nodes(model), model_name)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
+import weakref
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import FeatcacheError, ModelError
+from ..extract_config import POOLS
+from .spec import Tokens
 
-POOLS = ("none", "avg", "max")
+TOKEN_POOLS = ("cls", "avg_patch")  # they need to know where a token sequence's patch tokens start
 MIN_IMAGE_SIZE = 8  # featcache's floor for --image-size; a model's own floor is found by tracing
 _TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
@@ -33,6 +36,8 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
         try:
             with torch.device("meta"):
                 return build().eval()
+        except FeatcacheError:  # the family's own verdict (a missing package...): the CPU would say the same
+            raise
         except Exception:  # e.g. regnet computes widths with tensors at build time
             return build().eval().to("meta")
 
@@ -71,41 +76,115 @@ def check_layer(layer: str, nodes: list[str], model_name: str) -> None:
     )
 
 
-def pool_features(out: torch.Tensor, pool: str) -> torch.Tensor:
-    """Reduce spatial maps (N, C, H, W) or token sequences (N, T, D) to vectors."""
+def pool_features(out: torch.Tensor, pool: str, prefix: int = 0) -> torch.Tensor:
+    """Reduce spatial maps (N, C, H, W) or token sequences (N, T, D) to vectors.
+
+    ``prefix``: how many class/register tokens open a token sequence (``avg_patch`` leaves them out);
+    ``cls`` is the first token, as in timm, torchvision and OpenCLIP vision transformers.
+    """
     if pool == "none":
         return out
     if out.dim() == 4:
         return out.mean((2, 3)) if pool == "avg" else out.amax((2, 3))
     if out.dim() == 3:
+        if pool == "cls":
+            return out[:, 0]
+        if pool == "avg_patch":
+            return out[:, prefix:].mean(1)
         return out.mean(1) if pool == "avg" else out.amax(1)
     return out
 
 
-def check_pool(pool: str, shape: tuple[int, ...], layer: str) -> None:
+def check_pool(pool: str, shape: tuple[int, ...], layer: str, tokens: Tokens | None = None) -> None:
+    """``shape``: the layer's output per image; ``tokens``: the model's token layout (None for maps)."""
     if pool not in POOLS:
         raise ModelError(f"unknown pooling {pool!r}: use one of {', '.join(POOLS)}")
     if pool != "none" and len(shape) < 2:  # already a vector per image
         raise ModelError(
-            f"--pool {pool} needs a spatial map, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"
+            f"--pool {pool} needs a spatial map or a token sequence, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"
         )
+    if pool not in TOKEN_POOLS:
+        return
+    if len(shape) != 2 or tokens is None:
+        raise ModelError(f"--pool {pool} needs a token sequence, but layer {layer!r} gives {'x'.join(map(str, shape))} maps: "
+                         "use --pool avg or max")
+    if shape[0] != tokens.length:
+        raise ModelError(f"--pool {pool} needs the model's whole token sequence ({tokens.length} tokens, the first "
+                         f"{tokens.prefix} before the patches), but layer {layer!r} gives {shape[0]}: use a block's output, "
+                         "or --pool avg or max")
+    if pool == "cls" and not tokens.class_token:
+        raise ModelError(f"--pool cls: the model has no class token ({tokens.prefix} register token(s) before the patches): "
+                         "use --pool avg_patch, or leave --layer out for the model's own embedding")
 
 
 class Cut(nn.Module):
     """A backbone body returning one tensor, followed by the chosen pooling."""
 
-    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], pool: str, modules: nn.Module):
+    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], pool: str, modules: nn.Module, prefix: int = 0):
         super().__init__()
         self.inner = modules  # registered so .to()/.eval() reach every parameter
         self._body = body
         self.pool = pool
+        self.prefix = prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(self._body(x), self.pool)
+        return pool_features(self._body(x), self.pool, self.prefix)
 
 
 def fx_body(extractor: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: extractor(x)[layer]
+
+
+class _Output(Exception):
+    """Carries a module's output out of the forward pass (which then stops)."""
+
+
+def module_output(model: nn.Module, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s input -> ``module``'s output at its first call, caught by a forward hook; the rest of the
+    forward pass is not run. What an FX cut at the module returns, for a module called once."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        def catch(_module, _inputs, output):
+            raise _Output(output)
+
+        handle = module.register_forward_hook(catch)
+        try:
+            model(x)
+        except _Output as out:
+            return out.args[0]
+        finally:
+            handle.remove()
+        raise RuntimeError("the module was not called in the forward pass")
+
+    return run
+
+
+_NODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its eval-mode node names
+
+
+def fx_nodes(model: nn.Module, tracer: str) -> list[str]:
+    """The eval-mode graph nodes of ``model`` as ``tracer``'s FX tracer names them ("torchvision", or "timm",
+    which keeps timm's leaf modules whole), traced once per model (each trace is a train and an eval pass)."""
+    if model not in _NODES:
+        if tracer == "timm":
+            from timm.models import get_graph_node_names
+        else:
+            from torchvision.models.feature_extraction import get_graph_node_names
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _NODES[model] = get_graph_node_names(model)[1]
+    return _NODES[model]
+
+
+def fx_cut(model: nn.Module, layer: str, tracer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """``model`` cut at the graph node (or module) ``layer``: the body and the module holding its parameters."""
+    if tracer == "timm":
+        from timm.models import create_feature_extractor
+    else:
+        from torchvision.models.feature_extraction import create_feature_extractor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extractor = create_feature_extractor(model, return_nodes=[layer])
+    return fx_body(extractor, layer), extractor
 
 
 def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: int | tuple[int, int],
@@ -120,6 +199,11 @@ def output_shape(body: Callable[[torch.Tensor], torch.Tensor], pool: str, size: 
     if any(s == 0 for s in shape):
         raise ModelError(f"image size {size} gives an empty feature map for {model_name}: use a larger --image-size")
     return shape
+
+
+def pooled_shape(shape: tuple[int, ...], pool: str) -> tuple[int, ...]:
+    """What ``pool`` leaves of a ``shape`` per image."""
+    return tuple(pool_features(torch.empty((1, *shape), device="meta"), pool).shape[1:])
 
 
 def _run(body, pool: str, h: int, w: int) -> torch.Tensor:

@@ -112,13 +112,27 @@ class Backbone:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """How a token model's sequence is laid out at the input size: ``prefix`` tokens (class, register or
+    distillation tokens; the class token first when there is one) before the patch tokens, ``length`` in all,
+    as the model's ``layer`` gives them (its last token sequence, after its final norm where it has one)."""
+
+    prefix: int
+    class_token: bool
+    length: int
+    layer: str
+
+
+@dataclass(frozen=True)
 class ExtractorSpec:
     """A backbone cut at one layer with one pooling: everything that fixes the feature numbers."""
 
     backbone: Backbone
     layer: str
-    pool: str  # none | avg | max
+    pool: str  # one of extract_config.POOLS
     feature_shape: tuple[int, ...]
+    # The model's token layout (None for maps): fixed by the architecture and the input size, both in the key.
+    tokens: Tokens | None = None
 
     def key(self) -> dict:
         b = self.backbone

@@ -1,26 +1,36 @@
-"""Any timm model as ``timm:NAME``; the default cut is timm's own ``forward_features`` contract."""
+"""Any timm model as ``timm:NAME``, cut where timm's own contract cuts.
+
+A map model (ResNet, ConvNeXt, EfficientNet...) is cut at ``forward_features``: the last map before
+pooling. A token model (ViT, DeiT, EVA, DINOv2, SigLIP, CLIP towers: ``forward_features`` gives a token
+sequence) is cut at ``pre_logits``: ``forward_head(forward_features(x), pre_logits=True)``, the model's
+own embedding (its class token, mean of patch tokens or attention pool, with its final norm).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import warnings
+import weakref
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from .. import config
 from ..errors import ModelError, WeightsError
 from . import graph
+from . import weights as w
 from .family import Family
-from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Weights
+from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
 
 FORWARD_FEATURES = "forward_features"
+PRE_LOGITS = "pre_logits"
 
 
 class TimmFamily(Family):
     name = "timm"
     prefix = "timm:"
+    tracer = "timm"
 
     @functools.cache
     def archs(self) -> list[str]:
@@ -58,6 +68,9 @@ class TimmFamily(Family):
     def architecture(self, arch: str, weights: Weights) -> str:
         return weights.name if weights.kind == "pretrained" and weights.name else arch
 
+    def cut_key(self, built: str) -> str:
+        return built.split(".")[0]  # a weights tag changes the input size (part of the key) and the classes, not the cut
+
     def preprocess(self, arch: str, weights: Weights) -> Preprocess:
         """The weights' own input contract, as timm's resolver reads it from their pretrained config."""
         from timm.data import resolve_data_config
@@ -76,97 +89,74 @@ class TimmFamily(Family):
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
         import timm
 
-        source = weights.identity.split(":", 1)[1]
         name = self.architecture(arch, weights)
-        message = (
-            f"pretrained timm weights {source} are not cached and cannot be downloaded (offline): "
-            f"on a connected machine run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
-            "and copy ~/.cache/huggingface (HF_HOME) here, or use --weights PATH for a local state dict, or --weights none"
-        )
-        import logging
-
         # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,
         # instead of five retries per file.
         offline = config.offline() or not config.resolvable("huggingface.co")
-        quiet = logging.getLogger("huggingface_hub")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
         try:
-            with warnings.catch_warnings(), _hub_offline(offline):
-                warnings.simplefilter("ignore")
+            with w.hub_offline(offline):
                 return timm.create_model(name, pretrained=True)
         except Exception as err:
-            if _is_offline_error(err):
-                raise WeightsError(message) from err
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise WeightsError(f"cannot build timm model {name} with pretrained weights {source} "
-                               f"({type(err).__name__}: {first})") from err
-        finally:
-            quiet.setLevel(level)
+            if w.is_offline_error(err):
+                raise WeightsError(self._offline_message(name)) from err
+            raise WeightsError(w.build_error(f"timm model {name} with pretrained weights {weights.identity}", err)) from err
 
-    def nodes(self, model: nn.Module) -> list[str]:
-        from timm.models import get_graph_node_names
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return get_graph_node_names(model)[1]
+    def _offline_message(self, name: str) -> str:
+        cfg = self._cfg(name)
+        fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+        if cfg.hf_hub_id:
+            file = cfg.hf_hub_filename or "model.safetensors or pytorch_model.bin"
+            return w.hub_offline_message(f"timm weights {name}", w.hub_repo(cfg.hf_hub_id), file, fetch)
+        return w.offline_message(f"{name} (timm)", Path(cfg.url).name, cfg.url, w.torch_hub_checkpoints())
 
     def valid_layers(self, model: nn.Module) -> list[str]:
-        return [FORWARD_FEATURES] + self.nodes(model)
+        return [FORWARD_FEATURES, PRE_LOGITS] + self.nodes(model)
 
     def check_layer(self, model: nn.Module, layer: str, model_name: str) -> None:
-        if layer != FORWARD_FEATURES:
+        if layer not in (FORWARD_FEATURES, PRE_LOGITS):
             super().check_layer(model, layer, model_name)
 
-    def default_layer(self, model: nn.Module, arch: str) -> str:
-        return FORWARD_FEATURES
+    def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
+        return timm_tokens(model, size, model_name)
+
+    def layer_shape(self, model: nn.Module, layer: str, size, model_name: str) -> tuple[int, ...]:
+        if layer == FORWARD_FEATURES:
+            return features_shape(model, size, model_name)
+        if layer == PRE_LOGITS:  # the head on forward_features' output: no second pass through the blocks
+            inputs = torch.empty((1, *features_shape(model, size, model_name)), device="meta")
+            return tuple(model.forward_head(inputs, pre_logits=True).shape[1:])
+        return super().layer_shape(model, layer, size, model_name)
+
+    def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
+        return PRE_LOGITS if tokens else FORWARD_FEATURES
 
     def body(self, model: nn.Module, layer: str):
         if layer == FORWARD_FEATURES:
             return model.forward_features, model
-        from timm.models import create_feature_extractor
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extractor = create_feature_extractor(model, return_nodes=[layer])
-        return graph.fx_body(extractor, layer), extractor
+        if layer == PRE_LOGITS:
+            return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model
+        return super().body(model, layer)
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool):
-    """huggingface_hub's offline flag, set for this build only (the hub reads it on every request)."""
-    import huggingface_hub.constants as hub
-
-    before = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = before or offline
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = before
+_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # meta model -> {input size: shape}
 
 
-def _is_offline_error(err: BaseException) -> bool:
-    """The weights file is not in the cache and the network cannot fetch it (here or in a cause)."""
-    import socket
-    from urllib.error import URLError
+def features_shape(model: nn.Module, size, model_name: str) -> tuple[int, ...]:
+    """``forward_features``' output shape per image on the meta device, computed once per model and size."""
+    shapes = _FEATURES.setdefault(model, {})
+    if size not in shapes:
+        shapes[size] = graph.output_shape(model.forward_features, "none", size, model_name)
+    return shapes[size]
 
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    kinds: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
-                                              TimeoutError, socket.gaierror, URLError)
-    try:
-        from requests.exceptions import ConnectionError as RequestsConnectionError
-
-        kinds += (RequestsConnectionError,)
-    except ImportError:
-        pass
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kinds):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+def timm_tokens(model: nn.Module, size, model_name: str) -> Tokens | None:
+    """A timm model whose ``forward_features`` gives (tokens, dim) per image: its prefix tokens as timm counts
+    them (``num_prefix_tokens``: class, register and distillation tokens), the class token first when it has one."""
+    shape = features_shape(model, size, model_name)
+    if len(shape) != 2:
+        return None
+    return Tokens(prefix=int(getattr(model, "num_prefix_tokens", 0)),
+                  class_token=getattr(model, "cls_token", None) is not None, length=shape[0], layer=FORWARD_FEATURES)
 
 
 def preprocess_of(data: dict, arch: str) -> Preprocess:

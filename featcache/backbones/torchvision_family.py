@@ -15,7 +15,7 @@ from ..errors import WeightsError
 from . import graph
 from . import weights as w
 from .family import Family
-from .spec import Preprocess, Weights
+from .spec import Preprocess, Tokens, Weights
 
 # Classifier-only tails where the generic "input of the global pool" rule picks the class map.
 _DEFAULT_LAYERS = {"squeezenet1_0": "features", "squeezenet1_1": "features"}
@@ -84,20 +84,13 @@ class TorchvisionFamily(Family):
                 raise WeightsError(f"cached weights {cached} are corrupt (hash mismatch): delete the file and retry") from err
             raise
 
-    def nodes(self, model: nn.Module) -> list[str]:
-        from torchvision.models.feature_extraction import get_graph_node_names
+    def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
+        from torchvision.models import VisionTransformer
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return get_graph_node_names(model)[1]
+        # torchvision's ViT: the class token, then the patches (its default cut is already the class token's embedding).
+        if not isinstance(model, VisionTransformer):
+            return None
+        return Tokens(prefix=1, class_token=True, length=model.seq_length, layer="encoder")
 
-    def default_layer(self, model: nn.Module, arch: str) -> str:
+    def default_layer(self, model: nn.Module, arch: str, tokens: Tokens | None) -> str:
         return _DEFAULT_LAYERS.get(arch) or graph.default_cut(model, self.nodes(model))
-
-    def body(self, model: nn.Module, layer: str):
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extractor = create_feature_extractor(model, return_nodes=[layer])
-        return graph.fx_body(extractor, layer), extractor

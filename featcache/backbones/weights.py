@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,3 +99,69 @@ def offline_message(what: str, filename: str, url: str, where: Path) -> str:
 
 def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def hub_offline_message(what: str, repo_id: str, files: str, fetch: str) -> str:
+    """Weights held in the Hugging Face cache (timm, OpenCLIP): name the cache entry, where it goes, and how to fill it."""
+    import huggingface_hub.constants as hub
+
+    entry = Path(hub.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    return (
+        f"pretrained {what} are not cached and cannot be downloaded (offline): put the Hugging Face cache entry "
+        f"{entry.name} ({files} of https://huggingface.co/{repo_id}) into {entry.parent}/: on a connected machine run "
+        f"`{fetch}` and copy that folder from its $HF_HOME/hub (default ~/.cache/huggingface/hub), "
+        "or use --weights PATH for a local state dict, or --weights none for random init"
+    )
+
+
+def hub_repo(hub_id: str) -> str:
+    """``org/name`` of a Hugging Face id that may carry a file name or a trailing slash (OpenCLIP writes both)."""
+    return "/".join(hub_id.strip("/").split("/")[:2])
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool):
+    """Around a build that may download: huggingface_hub's offline flag set for this build only (the hub reads it on
+    every request: no retries when there is no network), and its log lines and warnings kept quiet; all restored."""
+    import huggingface_hub.constants as hub
+
+    quiet = logging.getLogger("huggingface_hub")
+    level, before = quiet.level, hub.HF_HUB_OFFLINE
+    quiet.setLevel(logging.ERROR)
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+        quiet.setLevel(level)
+
+
+def is_offline_error(err: BaseException) -> bool:
+    """The weights file is not in the cache and the network cannot fetch it (here or in a cause)."""
+    import socket
+    from urllib.error import URLError
+
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    kinds: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
+                                              TimeoutError, socket.gaierror, URLError)
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+
+        kinds += (RequestsConnectionError,)
+    except ImportError:
+        pass
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kinds):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def build_error(what: str, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"cannot build {what} ({type(err).__name__}: {first})"
