@@ -143,7 +143,11 @@ def test_test_time_averaging_equals_averaging_the_heads_outputs_by_hand(data, tm
     model = run.head()
     X, y = d.X[split.test_rows], d.y[split.test_rows]
     out = model.predict_proba(X) if head == "logreg" else model.decision_function(X)
-    by_hand = model.classes_[out.reshape(len(X) // 2, 2, -1).mean(axis=1).argmax(axis=1)]
+    averaged = out.reshape(len(X) // 2, 2, -1).mean(axis=1)
+    by_hand = model.classes_[averaged.argmax(axis=1)]
+    if head == "svm":  # the confidence of averaged decision values: their softmax
+        averaged = np.exp(averaged - averaged.max(axis=1, keepdims=True))
+        averaged /= averaged.sum(axis=1, keepdims=True)
     first = model.predict(X[::2])
     m = run.metrics
     assert m.test.n == len(X) // 2 and run.params.views_at_test == "mean"
@@ -154,6 +158,9 @@ def test_test_time_averaging_equals_averaging_the_heads_outputs_by_hand(data, tm
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == list(np.array(d.paths)[split.test_rows][::2])
     assert [r["predicted"] for r in rows] == [d.class_names[k] for k in by_hand]
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], averaged.max(axis=1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged.max(axis=1), (model.predict_proba(X[::2]) if head == "logreg" else
+                                                   np.exp(model.decision_function(X[::2])) / np.exp(model.decision_function(X[::2])).sum(1, keepdims=True)).max(axis=1))
     # each fold was scored per image with the same rule
     train, valid = split.folds[0]
     best = run.metrics.best_params
