@@ -302,3 +302,14 @@ def test_ray_engine_with_views_gives_the_local_rows(data, tmp_path):
     X2, p2, _, v2, _ = _rows(remote)
     assert p1 == p2 and np.array_equal(v1, v2)
     np.testing.assert_allclose(X2, X1, rtol=2e-3, atol=1e-4)
+
+
+def test_a_sweep_file_takes_views_as_one_recipe_or_a_list(tmp_path):
+    from featcache.sweeps import plan_from_toml
+
+    (tmp_path / "sweep.toml").write_text('[[features]]\nmodel = "resnet18"\nweights = "none"\npool = "avg"\n'
+                                         'views = ["none", "rrc:4"]\n[[features]]\nmodel = "resnet18"\nviews = "flip"\n')
+    plan = plan_from_toml(tmp_path / "sweep.toml")
+    assert [f.views for f in plan.features] == ["none", "rrc:4:seed=0:scale=0.25", "flip"] and not plan.problems
+    (tmp_path / "bad.toml").write_text('[[features]]\nmodel = "resnet18"\nviews = "crops:3"\n')
+    assert "crops takes 5" in plan_from_toml(tmp_path / "bad.toml").problems[0]
