@@ -116,13 +116,17 @@ def main(debug: bool) -> None:
               help="cpu: Pillow in the worker processes. gpu: JPEGs decoded in batches on --device by torchvision "
                    "(nvjpeg), resized and cropped there; meant for CUDA (runs on a CPU too, slower); other files "
                    "are decoded on the CPU. A different feature set.")
+@click.option("--views", "views", default="none", show_default=True, metavar="SPEC",
+              help="Augmented views per image, each a row: none, flip (+ mirror), crops:5|10 (centre + corners "
+                   "[+ mirrors]), rrc:N[:seed=S][:scale=LO] (plain + N-1 random resized crops with flips). One decode, "
+                   "one forward pass per view; a different feature set.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the backbone: faster for large jobs after a 10-30 s compile.")
 @click.option("--lock-timeout", type=float, default=-1, show_default=True, help="Seconds to wait for another process extracting the same set (-1 = forever, 0 = fail at once).")
 @CACHE_DIR
 @QUIET
 @JSON
 def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
-            shard, engine, ray_address, no_draft, decode, compile_model, lock_timeout, cache_dir, quiet, as_json):
+            shard, engine, ray_address, no_draft, decode, views, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
     from featcache.extract_config import ExtractConfig
     from featcache.extraction import extract as run_extract
@@ -132,7 +136,7 @@ def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_
         data=data, labels=labels, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
         batch_size=batch_size, workers=workers, streams=streams, device=device, precision=precision, cache_dir=cache_dir,
         on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft, decode=decode,
-        lock_timeout=lock_timeout, compile=compile_model,
+        lock_timeout=lock_timeout, compile=compile_model, views=views,
     )
     result = run_extract(cfg, progress_bar=not quiet)
     if result.skipped and not quiet:
@@ -301,11 +305,15 @@ def cache_merge(ref, cache_dir, quiet):
 @click.option("--allow-stale", is_flag=True, help="Fit even if the image folder changed since extraction.")
 @click.option("--exclude", "exclude", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Leave these files out of training and test: one path per line, or a CSV with a path column (e.g. a filtered audit.csv).")
+@click.option("--views-at-test", type=click.Choice(["mean", "first"]), default="mean", show_default=True,
+              help="Feature sets with views: score each CV/test image by the head's output averaged over its views, "
+                   "or by its first view (the plain crop) only. The run reports both.")
 @CACHE_DIR
 @RUNS_DIR
 @QUIET
 @JSON
-def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, exclude, cache_dir, runs_dir, quiet, as_json):
+def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, exclude, views_at_test, cache_dir,
+        runs_dir, quiet, as_json):
     """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
     from classifiers import get_head
     from featcache.params import parse_params
@@ -316,7 +324,7 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
     fixed_params = {k: v[0] for k, v in parse_params(head_cls, fixed).items()} if fixed else None
     run = run_fit(head=head, features=features, params=grid, cv=cv, test_size=test_size, seed=seed, n_jobs=n_jobs,
                   backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
-                  progress_bar=not quiet, head_params=fixed_params, exclude=exclude)
+                  progress_bar=not quiet, head_params=fixed_params, exclude=exclude, views_at_test=views_at_test)
     if as_json:
         click.echo(json.dumps(run.to_row()))
     else:
@@ -472,6 +480,7 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @click.option("--model", "-m", "models", multiple=True, metavar="MODEL[@WEIGHTS]", help="Backbone (repeatable); e.g. resnet18, efficientnet_lite0@none.")
 @click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
 @click.option("--pool", "pools", multiple=True, type=click.Choice(POOLS), help="Pooling (repeatable) [default: none].")
+@click.option("--views", "views", multiple=True, metavar="SPEC", help="Views recipe (repeatable), e.g. --views none --views flip --views rrc:8 [default: none].")
 @click.option("--head", "heads", multiple=True, help="Head (repeatable) [default: svm].")
 @click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -483,13 +492,13 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [default: ./sweeps/sweep-HASH; rerun to resume].")
 @CACHE_DIR
 @QUIET
-def sweep(data, models, layers, pools, heads, params, config_file, image_size, cv, test_size, seed, out, cache_dir, quiet):
-    """Compare backbones x layers x pooling x heads on your images: one leaderboard."""
+def sweep(data, models, layers, pools, views, heads, params, config_file, image_size, cv, test_size, seed, out, cache_dir, quiet):
+    """Compare backbones x layers x pooling x views x heads on your images: one leaderboard."""
     from featcache.sweeps import sweep as run_sweep
 
-    if config_file and (models or layers or pools or heads or params):
-        raise click.UsageError("give either --config or --model/--layer/--pool/--head/--param, not both")
-    folder = run_sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), heads=list(heads),
+    if config_file and (models or layers or pools or views or heads or params):
+        raise click.UsageError("give either --config or --model/--layer/--pool/--views/--head/--param, not both")
+    folder = run_sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), views=list(views), heads=list(heads),
                        params=list(params), config_file=config_file, image_size=image_size, cv=cv, test_size=test_size,
                        seed=seed, out=out, cache_dir=cache_dir, progress_bar=not quiet)
     click.echo((folder / "leaderboard.md").read_text())

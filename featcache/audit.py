@@ -392,8 +392,13 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
                              f"`featcache cache rm {fs.id}` and run `featcache extract` again") from None
         finally:
             bar.close()
+        if fs.n_views > 1:  # augmented views of one image are near-duplicates by design: audit the plain crops
+            first = np.asarray(fs.view) == 0
+            X, row_entry, y_rows = X[first], np.asarray(row_entry)[first], y_rows[first]
+            notes.append(f"the feature set holds {fs.n_views} views per image ({meta.get('views')}): "
+                         "audited on view 0, the plain crop")
         feature_set = {"id": fs.id, "path": str(path), "model": meta.get("model"), "layer": meta.get("layer"),
-                       "pool": meta.get("pool"), "feature_shape": list(fs.feature_shape), "rows": len(fs),
+                       "pool": meta.get("pool"), "feature_shape": list(fs.feature_shape), "rows": len(X),
                        "files": len(manifest), "data_root": meta.get("data_root"), "classes": manifest.class_names}
     seconds["read"] = time.perf_counter() - clock
     data_root = Path(cfg.data) if cfg.data else Path(meta.get("data_root") or ".")

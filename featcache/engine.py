@@ -63,6 +63,7 @@ class Job:
     options: EngineOptions
     decode: Decode
     dtype: str  # storage dtype
+    views: object = None  # a ``views.Views`` recipe: that many rows per image (None: one)
 
     def path_of(self, index: int) -> str:
         return self.files[self.indices.index(index)]
@@ -189,26 +190,32 @@ def to_storage(features: np.ndarray, dtype: str, where: str) -> np.ndarray:
 
 
 def batches(files: list[str], indices: list[int], known_bad: dict[int, str], preprocess, decode: Decode,
-            options: EngineOptions):
+            options: EngineOptions, views=None):
     """(entry indices, uint8 batch or None, ready event or None, bad rows) in manifest order.
 
     With ``decode.decoder == "cpu"`` the batch is the workers' stacked crops (pinned on CUDA); with
     "gpu" it is already on the device, decoded there by the main process, and ``ready`` (CUDA) is
-    the event the forward stream waits for.
+    the event the forward stream waits for. With ``views`` (a ``views.Views`` recipe) each image is
+    its views' consecutive rows, and a batch holds ``batch_size // views`` images (at least one), so
+    a forward pass still sees about ``batch_size`` crops.
     """
     from . import jpeg
+    from .views import Views
 
+    views = Views.parse(views)
     decoder = None
     if decode.decoder == "gpu":
+        if views.count > 1:
+            raise ValueError("--decode gpu cuts no views: use --decode cpu with --views")
         dataset = jpeg.JpegRows(files, indices, preprocess, known_bad)
         collate_fn = jpeg.collate
         decoder = jpeg.DeviceDecoder(preprocess, options.device)
     else:
-        dataset = ImageRows(files, indices, Transform(preprocess, decode), known_bad)
+        dataset = ImageRows(files, indices, Transform(preprocess, decode, views), known_bad)
         collate_fn = collate
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=options.batch_size,
+        batch_size=max(1, options.batch_size // views.count),
         shuffle=False,
         num_workers=options.workers,
         collate_fn=collate_fn,
@@ -233,7 +240,7 @@ def run(job: Job, forward: Forward, progress) -> int:
     if not job.indices:
         return 0
     options = job.options
-    loader = batches(job.files, job.indices, job.known_bad, job.spec.backbone.preprocess, job.decode, options)
+    loader = batches(job.files, job.indices, job.known_bad, job.spec.backbone.preprocess, job.decode, options, job.views)
     path_of = dict(zip(job.indices, job.files))
     pending: deque = deque()  # (indices, forward future or None, bad): batches on the device, in loader order
     writes: deque = deque()  # commit futures, in order

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers import scores
-
 from .runs import TestScores
+from .views import AT_TEST, aggregate
 
 
-def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: list[str]):
-    """(TestScores, predicted labels, confidences) of ``estimator`` on the test rows."""
+def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: list[str], n_views: int = 1,
+               views_at_test: str = "mean"):
+    """(TestScores, predicted labels, confidences) of ``estimator`` per test image.
+
+    With ``n_views`` > 1 the rows come whole images at a time (views in order) and each image is
+    scored once, by ``views.aggregate`` (``views_at_test``: mean over its views, or view 0 only).
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     if not len(X_test):
         empty = TestScores(n=0, accuracy=float("nan"), per_class={}, confusion_matrix=[])
         return empty, np.array([], dtype=int), np.array([])
-    predicted, confidence = scores(estimator, X_test)
+    predicted, confidence = aggregate(estimator, X_test, n_views, views_at_test)
+    y_test = np.asarray(y_test)[::n_views]
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_test, predicted, labels=labels, zero_division=0)
     test = TestScores(
@@ -31,6 +36,13 @@ def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: l
         confusion_matrix=confusion_matrix(y_test, predicted, labels=labels).tolist(),
     )
     return test, predicted, confidence
+
+
+def view_accuracies(estimator, X_test: np.ndarray, y_test: np.ndarray, n_views: int) -> dict[str, float]:
+    """Test accuracy per image with each ``--views-at-test`` rule (what the report compares)."""
+    y = np.asarray(y_test)[::n_views]
+    return {how: float(np.mean(aggregate(estimator, X_test, n_views, how)[0] == y)) if len(y) else float("nan")
+            for how in AT_TEST}
 
 
 def edge_params(grid: dict[str, list], table: dict, best_index: int) -> list[str]:

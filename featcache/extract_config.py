@@ -30,8 +30,9 @@ ENGINES = ("local", "ray")
 AUTO = "auto"
 
 # The settings that change the feature numbers (they enter the feature-set id through the resolved
-# extractor, decode, dtype and precision); the rest change where, how fast or how robustly.
-IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft", "decode")
+# extractor, decode, dtype, precision and views); the rest change where, how fast or how robustly.
+# ``views`` enters only when it is not "none", so every id made before views existed is unchanged.
+IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft", "decode", "views")
 DECODERS = ("cpu", "gpu")
 
 
@@ -79,6 +80,7 @@ class ExtractConfig:
     precision: str = AUTO  # auto = fp16 autocast on CUDA, fp32 on CPU
     draft: bool = True  # libjpeg draft decoding of large JPEGs (the cpu decoder only)
     decode: str = "cpu"  # cpu: Pillow in the workers; gpu: JPEG batches decoded on the device (featcache/jpeg.py)
+    views: str = "none"  # augmented views per image, cut in the workers (featcache/views.py): none|flip|crops:N|rrc:N
     # speed only: never part of the id
     batch_size: int | str = AUTO
     workers: int | str = AUTO
@@ -116,6 +118,10 @@ class ExtractConfig:
             raise FeatcacheError(f"unknown decode {self.decode!r}: use cpu or gpu")
         if self.decode == "gpu" and self.engine == "ray":
             raise FeatcacheError("--decode gpu runs in the local engine only: drop --engine ray, or use --decode cpu with it")
+        set_("views", self.recipe_of(self.views))
+        if self.views != "none" and self.decode == "gpu":
+            raise FeatcacheError("--views cuts views from the image decoded in the CPU workers; --decode gpu does not "
+                                 "support it: use --decode cpu with --views")
         if self.image_size is not None:
             set_("image_size", int(self.image_size))
         set_("batch_size", count_or_auto(self.batch_size, "--batch-size", 1))
@@ -150,8 +156,25 @@ class ExtractConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def identity(self) -> dict[str, Any]:
-        """The settings that change the numbers, as given (``auto`` unresolved)."""
-        return {name: getattr(self, name) for name in IDENTITY}
+        """The settings that change the numbers, as given (``auto`` unresolved); no views is left out,
+        as in the id (a sweep's key made before views existed stays the same)."""
+        return {name: getattr(self, name) for name in IDENTITY if not (name == "views" and self.views == "none")}
+
+    @staticmethod
+    def recipe_of(views) -> str:
+        """A views recipe in its canonical spelling (``rrc:8`` -> ``rrc:8:seed=0:scale=0.25``)."""
+        from .views import Views, ViewsError
+
+        try:
+            return str(Views.parse(views))
+        except ViewsError as err:
+            raise FeatcacheError(str(err)) from None
+
+    def viewing(self):
+        """The ``Views`` record (part of the id unless "none")."""
+        from .views import Views
+
+        return Views.parse(self.views)
 
     # -- what it means -----------------------------------------------------------------------------
     def resolve_spec(self):
@@ -188,6 +211,8 @@ class ExtractConfig:
             parts.append("--no-draft")
         if self.decode != default.decode:
             parts += ["--decode", self.decode]
+        if self.views != default.views:
+            parts += ["--views", self.views]
         if self.cache_dir:
             parts += ["--cache-dir", shlex.quote(self.cache_dir)]
         return " ".join(parts)

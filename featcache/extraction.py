@@ -42,6 +42,7 @@ class ExtractResult:
     images_per_second: float | None = None
     ignored: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)  # images under --data that the --labels file leaves out
+    views: int = 1  # rows per image
 
     def open(self) -> FeatureSet:
         return FeatureSet(self.path)
@@ -54,8 +55,9 @@ class ExtractResult:
             extra.append(f"{self.reused} reused")
         if self.resumed:
             extra.append(f"{self.resumed} resumed")
+        rows = f"{self.n_rows // self.views} images x {self.views} views" if self.views > 1 else str(self.n_rows)
         return (
-            f"feature set {self.id}: {self.n_rows} x {shape} -> {self.path} "
+            f"feature set {self.id}: {rows} x {shape} -> {self.path} "
             f"({how}{', ' + ', '.join(extra) if extra else ''}; {len(self.skipped)} skipped)"
         )
 
@@ -63,7 +65,7 @@ class ExtractResult:
         from .manifest import display
 
         return {
-            "id": self.id, "path": str(self.path), "rows": self.n_rows, "feature_shape": list(self.feature_shape),
+            "id": self.id, "path": str(self.path), "rows": self.n_rows, "views": self.views, "feature_shape": list(self.feature_shape),
             "cache_hit": self.cache_hit, "extracted": self.extracted, "reused": self.reused, "resumed": self.resumed,
             "images_per_second": self.images_per_second, "seconds": round(self.seconds, 3),
             "skipped": [{"path": display(p), "reason": r} for p, r in self.skipped],
@@ -101,12 +103,19 @@ class Plan:
     def staging_dir(self) -> Path:
         return self.root / f"{self.name}.partial"
 
+    @property
+    def views(self):
+        return self.config.viewing()
+
     def header(self) -> dict:
         """What a staging directory must match to be resumed (plus the run settings it keeps)."""
-        return {
+        header = {
             "id": self.id, "name": self.name, "key": self.key, "manifest_sha256": self.manifest.sha256,
             "entries": list(self.entries), "feature_shape": list(self.spec.feature_shape), "dtype": self.config.dtype,
         }
+        if self.views.count > 1:  # rows per committed image (a header without it: one)
+            header["views"] = self.views.count
+        return header
 
 
 @dataclass
@@ -148,7 +157,7 @@ def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, 
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
             extracted=ran.extracted, reused=reused, resumed=resumed, seconds=time.perf_counter() - started,
             images_per_second=(ran.extracted / ran.seconds) if ran.extracted and ran.seconds > 0 else None,
-            ignored=plan.manifest.ignored, unlisted=plan.manifest.unlisted,
+            ignored=plan.manifest.ignored, unlisted=plan.manifest.unlisted, views=plan.views.count,
         )
 
 
@@ -157,8 +166,13 @@ def make_plan(cfg: ExtractConfig) -> Plan:
     root = ensure_writable(config.cache_dir(cfg.cache_dir))
     manifest = scan(cfg.data, cfg.labels)
     spec = cfg.resolve_spec()
+    views = cfg.viewing()
+    try:
+        views.check(spec.backbone.preprocess)
+    except ValueError as err:
+        raise CacheError(str(err)) from None
     settings = resolve(cfg, spec)  # imports torch: after the cheap checks, so a bad argument fails fast
-    key = fingerprint.config_key(spec, cfg.decoding(), cfg.dtype, settings.precision)
+    key = fingerprint.config_key(spec, cfg.decoding(), cfg.dtype, settings.precision, views)
     fsid = fingerprint.feature_set_id(key, manifest.sha256)
     return Plan(cfg, manifest, spec, settings, key, fsid, root, cache.file_stem(fsid, cfg.shard),
                 shard_range(len(manifest), cfg.shard))
@@ -176,7 +190,7 @@ def resume(plan: Plan, say: bool) -> tuple[Plan, Staging, int]:
             progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", say)
             plan = replace(plan, settings=replace(plan.settings, **recorded))
     staging = Staging.open(plan.staging_dir, {**header, **plan.settings.run_settings()})
-    resumed = staging.n_rows() + len(staging.skipped())
+    resumed = staging.n_images() + len(staging.skipped())
     if resumed:
         progress.say(f"resuming feature set {plan.id}: {resumed} of {plan.entries[1] - plan.entries[0]} images already done", say)
     return plan, staging, resumed
@@ -196,7 +210,7 @@ def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
                                    on_error=cfg.on_error, compile=s.compile, streams=s.streams)
     job = engine.Job(spec=plan.spec, files=[str(manifest.root / manifest.paths[i]) for i in todo], indices=todo,
                      known_bad={i: r for i, r in manifest.unreadable.items() if lo <= i < hi}, staging=staging,
-                     options=options, decode=cfg.decoding(), dtype=cfg.dtype)
+                     options=options, decode=cfg.decoding(), dtype=cfg.dtype, views=plan.views)
     t0 = time.perf_counter()
     if cfg.decode == "gpu":
         from . import jpeg
@@ -250,7 +264,7 @@ def _cache_hit(plan: Plan, started: float) -> ExtractResult | None:
         return ExtractResult(
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
             cache_hit=True, seconds=time.perf_counter() - started, ignored=plan.manifest.ignored,
-            unlisted=plan.manifest.unlisted,
+            unlisted=plan.manifest.unlisted, views=fs.n_views,
         )
 
 
@@ -272,12 +286,14 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
         reused = len(skipped)
         if skipped:
             staging.commit(np.empty(0, dtype=np.int64), None, skipped)
-        for start, block in old.iter_blocks():
+        views = old.n_views  # the same extractor, so the same views: each image's rows stay together
+        chunk = old.features.chunks[0] if old.features.chunks else max(len(old), 1)
+        for start, block in old.iter_blocks(chunk * views):
             paths = row_paths[start:start + len(block)]
             keep = [k for k, p in enumerate(paths) if in_range(p)]
             if keep:
-                staging.commit(np.array([new_index[paths[k]] for k in keep]), block[keep], [])
-                reused += len(keep)
+                staging.commit(np.array([new_index[paths[k]] for k in keep[::views]]), block[keep], [])
+                reused += len(keep) // views
     if reused:
         progress.say(f"incremental update: reusing {reused} unchanged images from feature set {old.id}", say)
     return reused
@@ -323,6 +339,8 @@ def _attrs(plan: Plan, ran: Ran) -> dict:
         "dtype": cfg.dtype,
         "precision": s.precision,
         "feature_shape": list(plan.spec.feature_shape),
+        "views": str(plan.views),
+        "n_views": plan.views.count,
         "data_root": str(plan.manifest.root),
         "manifest_sha256": plan.manifest.sha256,
         "n_entries": len(plan.manifest),

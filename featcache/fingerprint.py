@@ -1,7 +1,8 @@
 """Feature-set ids: a hash of a canonical JSON of everything that changes the numbers.
 
 In: the extractor record (architecture, weights identity, layer, pooling, preprocessing), how
-files are decoded, numeric precision, storage dtype, the data manifest and a format version. Out:
+files are decoded, numeric precision, storage dtype, the augmented views (when there are any), the
+data manifest and a format version. Out:
 where files live, batch size, workers, device index: they change speed, not values. (On the CPU a
 different batch size can move the last bits; resume therefore keeps the recorded batch size.)
 """
@@ -27,14 +28,18 @@ def digest(obj) -> str:
     return hashlib.sha256(canonical(obj)).hexdigest()
 
 
-def config_key(spec: ExtractorSpec, decode: Decode, dtype: str, precision: str) -> dict:
-    return {
+def config_key(spec: ExtractorSpec, decode: Decode, dtype: str, precision: str, views=None) -> dict:
+    """``views``: a ``views.Views`` recipe; none (or None) leaves the key as it was before views existed."""
+    key = {
         "featcache_key": KEY_VERSION,
         "extractor": spec.key(),
         "decode": decode.key(),
         "dtype": dtype,
         "precision": precision,
     }
+    if views is not None and views.key() is not None:
+        key["views"] = views.key()
+    return key
 
 
 def config_id(key: dict) -> str:

@@ -7,6 +7,7 @@ to 8 bits. Decoding errors never escape as exceptions from a worker: they come b
 
 from __future__ import annotations
 
+import io
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,19 +139,34 @@ class Transform:
     Normalisation happens on whole batches (``normalize``), on the device, so workers ship uint8.
     """
 
-    def __init__(self, preprocess: Preprocess, decode: Decode = Decode()):
+    def __init__(self, preprocess: Preprocess, decode: Decode = Decode(), views=None):
         from torchvision.transforms import InterpolationMode
+
+        from .views import Views
 
         self.preprocess = preprocess
         self.decode = decode
+        self.views = Views.parse(views)
+        self.views.check(preprocess)
         self.interpolation = InterpolationMode(preprocess.interpolation)
 
     def __call__(self, path) -> torch.Tensor:
-        """``path``: a file name or a binary file object."""
+        """``path``: a file name or a binary file object. With views: a (views, 3, H, W) stack cut
+        from one decode of the image, view 0 the plain crop."""
+        if self.views.kind == "none":
+            return self.plain(open_rgb(path, min_size=max(self.preprocess.resize_hw), draft=self.decode.draft))
+        content = None
+        if self.views.kind == "rrc":  # its crops are drawn from the file's bytes
+            content = _read_bytes(path)
+            path = io.BytesIO(content)
+        img = open_rgb(path, min_size=self.views.draft_size(self.preprocess), draft=self.decode.draft)
+        return torch.stack(self.views.cut(img, self.plain, self.preprocess, self.interpolation, content))
+
+    def plain(self, img: Image.Image) -> torch.Tensor:
+        """An RGB image -> the preprocessing's crop (the view without augmentation)."""
         from torchvision.transforms.v2 import functional as F
 
         p = self.preprocess
-        img = open_rgb(path, min_size=max(p.resize_hw), draft=self.decode.draft)
         if p.crop_mode == "squash":
             img = F.resize(img, list(p.resize_hw), interpolation=self.interpolation, antialias=True)
         elif p.crop_mode == "center" and isinstance(p.resize_size, int):
@@ -164,6 +180,14 @@ class Transform:
                 return F.pil_to_tensor(center_crop_or_pad(img, list(p.crop_hw), fill=[round(255 * m) for m in p.mean]))
         img = F.center_crop(img, list(p.crop_hw))
         return F.pil_to_tensor(img)
+
+
+def _read_bytes(path) -> bytes:
+    with pillow_errors():
+        if hasattr(path, "read"):
+            return path.read()
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
@@ -200,10 +224,12 @@ def crop_or_reason(transform: Transform, path: str) -> tuple[torch.Tensor | None
 
 
 def collate(items):
+    """(entry indices, uint8 batch, bad rows); an image's views are consecutive rows of the batch."""
     good = [(i, t) for i, t, _ in items if t is not None]
     bad = [(i, r) for i, t, r in items if t is None]
     if good:
         indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
-        return indices, torch.stack([t for _, t in good]), bad
+        batch = torch.stack([t for _, t in good])
+        return indices, batch.flatten(0, 1) if batch.dim() == 5 else batch, bad
     return torch.empty(0, dtype=torch.int64), None, bad
 

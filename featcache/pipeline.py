@@ -39,6 +39,8 @@ class LoadedFeatures:
     manifest: tuple[list[str], np.ndarray, list[str]]
     meta: dict
     path: Path
+    views: np.ndarray | None = None  # each row's view number (0 = the plain crop); None: no views
+    n_views: int = 1  # rows per image
 
 
 def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool = True) -> LoadedFeatures:
@@ -68,7 +70,7 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
         return LoadedFeatures(
             X=raw.astype(np.float32, copy=False), y=labels.astype(np.int64), paths=fs.paths,
             class_names=fs.class_names, manifest=(manifest.paths, manifest.labels, manifest.splits),
-            meta=fs.meta, path=path,
+            meta=fs.meta, path=path, views=fs.view if fs.n_views > 1 else None, n_views=fs.n_views,
         )
 
 
@@ -162,12 +164,21 @@ def fit(
     head_params: dict | None = None,
     loaded: LoadedFeatures | None = None,
     exclude=None,
+    views_at_test: str = "mean",
 ):
     """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run.
 
     ``exclude``: a file listing paths (or a CSV with a ``path`` column, e.g. a filtered ``audit.csv``),
     or a list of paths: those files leave training and test; the run records which.
+    On a feature set with augmented views every view of a training image trains the head, and each
+    CV fold and the test set are scored per image: ``views_at_test="mean"`` averages the head's
+    probabilities (or decision values) over the image's views, ``"first"`` uses view 0 (the plain
+    crop) only. The run records the test accuracy both ways.
     """
+    from .views import AT_TEST, ImageScorer
+
+    if views_at_test not in AT_TEST:
+        raise FeatcacheError(f"unknown --views-at-test {views_at_test!r}: use mean or first")
     head_cls = get_head(head)
     grid = dict(head_cls.default_grid) if params is None else dict(params)
     fixed = dict(head_params or {})
@@ -186,12 +197,14 @@ def fit(
                         "(`featcache audit` and `featcache predict` work on it as it is)")
     excluded = read_exclusions(exclude, data.manifest[0], data.meta.get("data_root")) if exclude is not None else []
     split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv,
-                       exclude=frozenset(excluded))
+                       exclude=frozenset(excluded), row_views=data.views)
     estimator = head_cls(**fixed)
     X_cv, y_cv = data.X[split.cv_rows], data.y[split.cv_rows]
+    scoring = ImageScorer(data.n_views, views_at_test) if data.n_views > 1 else None
     started = time.perf_counter()
     try:
-        result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=n_jobs, backend=backend, progress_bar=progress_bar)
+        result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=n_jobs, backend=backend, progress_bar=progress_bar,
+                             scoring=scoring)
     except ValueError as err:
         from classifiers import ParamError
 
@@ -200,7 +213,8 @@ def fit(
         raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
     search_seconds = time.perf_counter() - started
     exclusions = _exclusions(exclude, excluded, split) if exclude is not None else None
-    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir, exclusions)
+    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir, exclusions,
+                 views_at_test)
 
 
 def _exclusions(source, paths: list[str], split) -> dict:
@@ -216,32 +230,40 @@ def _exclusions(source, paths: list[str], split) -> dict:
 
 
 def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir,
-          exclusions=None):
-    """Score the test split once, then write the run."""
+          exclusions=None, views_at_test="mean"):
+    """Score the test split once (per image), then write the run."""
     from . import runs
-    from .evaluation import edge_params, score_test
+    from .evaluation import edge_params, score_test, view_accuracies
 
-    estimator, names = result.best_estimator, data.class_names
+    estimator, names, n_views = result.best_estimator, data.class_names, data.n_views
     X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
-    test, predicted, confidence = score_test(estimator, X_test, y_test, names)
+    test, predicted, confidence = score_test(estimator, X_test, y_test, names, n_views, views_at_test)
+    views = None
+    if n_views > 1:
+        views = {"recipe": data.meta.get("views"), "n": n_views, "at_test": views_at_test,
+                 "test_accuracy": view_accuracies(estimator, X_test, y_test, n_views)}
     table, best = result.cv_results, result.best_index
     params = runs.RunParams(
         head=head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,
         seed=split.info["seed"], n_jobs=n_jobs, backend=backend, class_names=names,
         features=runs.feature_ref(data.meta, data.path), created=runs.now(), excluded=exclusions,
+        views_at_test=views_at_test if n_views > 1 else None,
     )
     metrics = runs.RunMetrics(
         cv_results=table, best_index=best, best_params=result.best_params, best_cv_mean=table["mean_test_score"][best],
         best_cv_std=table["std_test_score"][best], best_on_edge=edge_params(grid, table, best),
         search_seconds=round(search_seconds, 3), refit_seconds=round(result.refit_seconds, 3),
         fit_seconds=round(search_seconds + result.refit_seconds, 3), test=test, history=getattr(estimator, "history_", None),
+        views=views,
     )
+    test_images = split.test_rows[::n_views]  # with views: each image's first row
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
-                   for row, t, p, c in zip(split.test_rows, y_test, predicted, confidence)]
+                   for row, t, p, c in zip(test_images, y_test[::n_views], predicted, confidence)]
     path = Path(run_dir) if run_dir else runs.new_run_dir(config.runs_dir(runs_dir), head, data.meta["id"])
     path.mkdir(parents=True, exist_ok=True)
     from .run_gallery import MAP_FILE, write_map
 
-    write_map(path / MAP_FILE, data.X, data.paths, data.y, names, split.test_rows, split.cv_rows,
-              {int(row): names[int(p)] for row, p in zip(split.test_rows, predicted)}, seed=split.info["seed"])
+    # The map shows images: with views, each image's first row (the plain crop), its per-image prediction.
+    write_map(path / MAP_FILE, data.X, data.paths, data.y, names, test_images, split.cv_rows[::n_views],
+              {int(row): names[int(p)] for row, p in zip(test_images, predicted)}, seed=split.info["seed"])
     return runs.save_run(path, params, metrics, estimator, predictions)

@@ -2,7 +2,9 @@
 
 The extractor is rebuilt from the feature set's metadata and must resolve to exactly the key the
 features were made with (same weights hash, layer, pooling, preprocessing, decoding); features
-pass through the same storage dtype as the training rows, so prediction equals extract + head.
+pass through the same storage dtype as the training rows, so prediction equals extract + head. A
+run on a feature set with augmented views cuts the same views of each new image (the recipe is part
+of the key) and averages the head's outputs over them as the run was scored.
 """
 
 from __future__ import annotations
@@ -87,27 +89,33 @@ def predict_features(features, run, cache_dir=None) -> list[Prediction]:
                 f"{fs.meta.get('layer')} pool={fs.meta.get('pool')} vs {run.params.features_label.replace('/', ' ')}): "
                 "extract it with the run's settings, or predict from the images"
             )
-        X, paths = fs.load(np.float32), fs.paths
+        X, paths, n_views = fs.load(np.float32), fs.paths, fs.n_views
         root = Path(fs.meta.get("data_root") or ".")
     if not len(X):
         return []
-    labels, confidence = scores(run.head(), X)
+    if n_views > 1:  # an image's views are consecutive rows: score per image, as the run was scored
+        from .views import aggregate
+
+        labels, confidence = aggregate(run.head(), X, n_views, run.params.views_at_test or "mean")
+        paths = paths[::n_views]
+    else:
+        labels, confidence = scores(run.head(), X)
     names = run.params.class_names
     return [Prediction(str(root / p), names[int(k)], float(c)) for p, k, c in zip(paths, labels, confidence)]
 
 
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
-    from classifiers import scores
-
     from . import engine
+    from .views import aggregate
 
     run = load_run(run)
     meta = run.params.features
     with FeatureSet(feature_set_of(run, cache_dir)) as fs:
         made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
-    spec, decode = made_with.resolve_spec(), made_with.decoding()
-    if spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]:
+    spec, decode, views = made_with.resolve_spec(), made_with.decoding(), made_with.viewing()
+    if (spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]
+            or views.key() != meta["key"].get("views")):
         raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
                        "re-extract and fit again with this version")
     dev = engine.resolve_device(device)
@@ -127,7 +135,10 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
         from . import jpeg
 
         jpeg.check_available(dev)
-    loader = engine.batches(files, list(range(len(files))), {}, spec.backbone.preprocess, decode, options)
+    # With views each image is cut into the same views as at extraction and the head's outputs are
+    # averaged as the run was scored (``views_at_test``).
+    loader = engine.batches(files, list(range(len(files))), {}, spec.backbone.preprocess, decode, options, views)
+    at_test = run.params.views_at_test or "mean"
     names = run.params.class_names
     results: dict[int, Prediction] = {}
     bar = progress.bar(len(files), "predict", progress_bar)
@@ -136,7 +147,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
             results[i] = Prediction(files[i], None, None, reason)
         if batch is not None:
             feats = engine.to_storage(forward(batch, ready), meta["dtype"], files[int(index[0])]).astype(np.float32)
-            labels, confidence = scores(head, feats)
+            labels, confidence = aggregate(head, feats, views.count, at_test)
             for i, label, c in zip(index.tolist(), labels, confidence):
                 results[i] = Prediction(files[i], names[int(label)], float(c))
         bar.update(len(index) + len(bad))

@@ -154,13 +154,15 @@ def _data_options(ray):
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
-def _decode(batch: dict, preprocess, decode) -> dict:
-    """Ray Data task: paths -> uint8 crops (failures become empty crops with a reason)."""
+def _decode(batch: dict, preprocess, decode, views=None) -> dict:
+    """Ray Data task: paths -> uint8 crops, (n, views, 3, H, W) with views (failures become empty
+    crops with a reason)."""
     from .images import Transform, crop_or_reason
 
-    transform, (height, width) = Transform(preprocess, decode), preprocess.crop_hw
+    transform, (height, width) = Transform(preprocess, decode, views), preprocess.crop_hw
     n = len(batch["index"])
-    pixels = np.zeros((n, 3, height, width), dtype=np.uint8)
+    per_image = (transform.views.count,) if transform.views.count > 1 else ()
+    pixels = np.zeros((n,) + per_image + (3, height, width), dtype=np.uint8)
     reasons = np.array([batch["reason"][i] for i in range(n)], dtype=object)
     for i in range(n):
         if reasons[i]:
@@ -192,10 +194,14 @@ class _Backbone:
         from .engine import to_storage
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
+        pixels = batch["pixels"]
+        per_image = pixels.shape[1:-3]  # (views,) or ()
         features = None
         if ok.any():
-            features = to_storage(self.forward(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))), self.dtype, "ray batch")
-        shape = features.shape[1:] if features is not None else self.forward.spec.feature_shape
+            crops = torch.from_numpy(np.ascontiguousarray(pixels[ok].reshape((-1,) + pixels.shape[-3:])))
+            features = to_storage(self.forward(crops), self.dtype, "ray batch")
+            features = features.reshape((int(ok.sum()),) + per_image + features.shape[1:])
+        shape = per_image + tuple(self.forward.spec.feature_shape)
         out = np.zeros((len(ok),) + tuple(shape), dtype=self.dtype)
         if features is not None:
             out[ok] = features
@@ -217,22 +223,26 @@ def _run(ray, job, progress) -> int:
     actors = gpus or max(1, min(4, cpus // 2))
     items = [{"index": int(i), "path": f, "reason": job.known_bad.get(int(i), "")} for i, f in zip(job.indices, job.files)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(options.batch_size, 1), 200)))
-    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": job.decode},
-                        batch_size=options.batch_size, num_cpus=1)
+    views = job.views.count if job.views is not None else 1
+    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": spec.backbone.preprocess, "decode": job.decode, "views": job.views},
+                        batch_size=max(1, options.batch_size // views), num_cpus=1)
     with warnings.catch_warnings():  # Ray deprecates passing max_restarts this way but has no other yet
         warnings.simplefilter("ignore")
         ds = ds.map_batches(
             _Backbone, fn_constructor_args=(spec, "cuda" if gpus else "cpu", options.precision, options.channels_last, job.dtype),
-            batch_size=options.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            batch_size=max(1, options.batch_size // views), concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
             max_restarts=0,  # a failed replica fails the run (resumable) rather than restarting silently
         )
     done = 0
-    for batch in ds.iter_batches(batch_size=options.batch_size, batch_format="numpy", prefetch_batches=2):
+    for batch in ds.iter_batches(batch_size=max(1, options.batch_size // views), batch_format="numpy", prefetch_batches=2):
         reasons = batch["reason"]
         ok = np.array([not r for r in reasons], dtype=bool)
         bad = [(int(i), str(r)) for i, r in zip(batch["index"][~ok], reasons[~ok])]
         job.refuse(bad)
-        job.staging.commit(batch["index"][ok].astype(np.int64), batch["features"][ok] if ok.any() else None, bad)
+        features = batch["features"][ok] if ok.any() else None
+        if features is not None and views > 1:  # an image's views: consecutive rows
+            features = features.reshape((-1,) + features.shape[2:])
+        job.staging.commit(batch["index"][ok].astype(np.int64), features, bad)
         done += len(ok)
         progress.update(len(ok))
     return done

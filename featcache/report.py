@@ -212,6 +212,7 @@ def run_blocks(run) -> list[Block]:
             ["search + refit time", f"{m.search_seconds:.2f} s + {m.refit_seconds:.2f} s"],
         ]),
     ]
+    blocks += views_blocks(m)
     if m.best_on_edge:
         blocks.append(("p", "Warning: the best value of " + ", ".join(f"`{n}`" for n in m.best_on_edge)
                        + " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."))
@@ -235,6 +236,21 @@ def run_blocks(run) -> list[Block]:
         image = plot_history(m.history, plots / "learning_curves.png")
         blocks += [("h", 2, "Learning curves"), ("img", f"plots/{image.name}", "MLP learning curves")]
     return blocks
+
+
+def views_blocks(m) -> list[Block]:
+    """With augmented views: test accuracy per image with and without test-time averaging."""
+    v = m.views
+    if not v:
+        return []
+    used = {"mean": f"mean over the {v['n']} views (test-time augmentation)", "first": "view 0 only (the plain crop)"}
+    rows = [[used[how] + (" **(this run)**" if how == v["at_test"] else ""), f"{acc:.4f}"]
+            for how, acc in v["test_accuracy"].items()]
+    return [("h", 2, "Views"),
+            ("p", f"Feature set with {v['n']} views per image (`{v['recipe']}`): every view of a training image trained "
+                  f"the head; CV folds and the test set hold whole images and are scored per image "
+                  f"(`--views-at-test {v['at_test']}`)."),
+            ("table", ["scored on", "test accuracy"], rows)]
 
 
 def _grid_header(table: dict, searched: list[str]) -> list[str]:

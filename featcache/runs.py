@@ -57,13 +57,17 @@ class RunParams:
     created: str  # ISO time to the millisecond: orders runs made within one second
     # fit --exclude: {"source", "sha256", "paths", "cv", "test", "without_features"}; None: nothing excluded
     excluded: dict | None = None
+    views_at_test: str | None = None  # with augmented views: "mean" (averaged over an image's views) or "first"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["views_at_test"] is None:  # runs without views keep the record they always had
+            del d["views_at_test"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunParams":
-        """Read ``params.json``; fields added later (``excluded``) take their defaults in older runs."""
+        """Read ``params.json``; fields added later (``excluded``, ``views_at_test``) take their defaults in older runs."""
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @property
@@ -91,11 +95,14 @@ class RunMetrics:
     fit_seconds: float
     test: TestScores
     history: list[dict] | None = None  # per-epoch figures of heads that train by epochs (mlp)
+    # feature sets with augmented views: recipe, n, at_test, and test_accuracy per --views-at-test rule
+    views: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["history"] is None:
-            del d["history"]
+        for name in ("history", "views"):
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod
@@ -132,11 +139,16 @@ class Run:
     def summary(self) -> str:
         m, p = self.metrics, self.params
         best = ", ".join(f"{k}={_fmt(v)}" for k, v in m.best_params.items()) or "defaults"
+        views = ""
+        if m.views:
+            other = "first" if m.views["at_test"] == "mean" else "mean"
+            views = (f", {'averaged over' if m.views['at_test'] == 'mean' else 'first of'} {m.views['n']} views "
+                     f"({m.views['recipe']}); {other}: {m.views['test_accuracy'][other]:.4f}")
         return (
             f"run {self.path}: {p.head} on feature set {p.feature_id} "
             f"({p.features['model']} {p.features['layer']}); best {best}; "
             f"CV accuracy {m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}; "
-            f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images"
+            f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images{views}"
             + (f"; {len(p.excluded['paths'])} files excluded" if p.excluded else "") + ")"
         )
 
@@ -147,7 +159,7 @@ class Run:
                 "model": p.features["model"], "layer": p.features["layer"], "pool": p.features["pool"],
                 "best_params": m.best_params, "cv_mean": m.best_cv_mean, "cv_std": m.best_cv_std,
                 "test_accuracy": m.test.accuracy, "test_images": m.test.n, "fit_seconds": m.fit_seconds,
-                "created": p.created}
+                "created": p.created, "views": p.features.get("views", "none"), "views_at_test": p.views_at_test}
 
 
 def _fmt(v) -> str:
@@ -167,11 +179,15 @@ def new_run_dir(runs_dir: Path, head: str, fsid: str) -> Path:
 FEATURE_META = ("id", "model", "family", "arch", "weights", "weights_kind", "weights_path", "layer", "pool", "preprocess",
                 "decode", "dtype", "precision", "feature_shape", "data_root", "manifest_sha256", "content_sha256",
                 "created", "key", "n_rows", "n_skipped", "images_per_second", "extract_seconds", "versions")
+FEATURE_VIEWS = ("views", "n_views")  # kept only for sets with views (a run's record without them is unchanged)
 
 
 def feature_ref(meta: dict, path: Path) -> dict:
     """What a run keeps of its feature set's metadata."""
-    return {k: meta.get(k) for k in FEATURE_META} | {"path": str(path)}
+    ref = {k: meta.get(k) for k in FEATURE_META} | {"path": str(path)}
+    if meta.get("n_views", 1) > 1:
+        ref |= {k: meta[k] for k in FEATURE_VIEWS}
+    return ref
 
 
 def now() -> str:

@@ -36,13 +36,13 @@ def candidates(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))] or [{}]
 
 
-def _fit_and_score(estimator, params: dict, X, y, train, valid):
+def _fit_and_score(estimator, params: dict, X, y, train, valid, scoring=None):
     est = clone(estimator).set_params(**params)
     start = time.perf_counter()
     est.fit(X[train], y[train])
     fit_time = time.perf_counter() - start
     start = time.perf_counter()
-    score = float(est.score(X[valid], y[valid]))
+    score = float(scoring(est, X[valid], y[valid]) if scoring is not None else est.score(X[valid], y[valid]))
     return score, fit_time, time.perf_counter() - start
 
 
@@ -58,7 +58,10 @@ def parallel_backend(backend: str, n_jobs: int):
 
 
 def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, folds, n_jobs: int = 1,
-                backend: str = "local", progress_bar: bool = True) -> SearchResult:
+                backend: str = "local", progress_bar: bool = True, scoring=None) -> SearchResult:
+    """``scoring``: a scikit-learn scorer ``(estimator, X_valid, y_valid) -> float`` instead of the
+    estimator's accuracy (e.g. per image over augmented views); a head's ``search_path`` scores rows
+    itself, so it is used only without one."""
     from joblib import Parallel, delayed
 
     cands = candidates(grid)
@@ -68,7 +71,8 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     score_times = np.empty_like(scores)
     bar = progress.bar(len(cands) * n_folds, f"search {type(estimator).__name__}", progress_bar, unit="fit")
     path = getattr(estimator, "search_path", None)
-    shared = path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update) if callable(path) and backend == "local" else None
+    shared = (path(X, y, folds, cands, n_jobs=n_jobs, on_fit=bar.update)
+              if callable(path) and backend == "local" and scoring is None else None)
     if shared is not None:
         scores[:], fit_times[:], score_times[:] = shared.scores, shared.fit_times, shared.score_times
     else:
@@ -76,7 +80,7 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
         with parallel_backend(backend, n_jobs):
             # joblib's Ray backend cannot stream results; the bar then jumps when all fits are back.
             runner = Parallel(n_jobs=n_jobs, return_as="list" if backend == "ray" else "generator")
-            results = runner(delayed(_fit_and_score)(estimator, cands[c], X, y, *folds[f]) for c, f in jobs)
+            results = runner(delayed(_fit_and_score)(estimator, cands[c], X, y, *folds[f], scoring) for c, f in jobs)
             for (c, f), (score, fit_time, score_time) in zip(jobs, results):
                 scores[c, f], fit_times[c, f], score_times[c, f] = score, fit_time, score_time
                 bar.update()

@@ -108,5 +108,11 @@ def check_consistent(fsid: str, shards: list[FeatureSet]) -> None:
     tiled = all(prev[1] == cur[0] for prev, cur in zip(bounds, bounds[1:]))
     if bounds[0][0] != 0 or bounds[-1][1] != first["n_entries"] or not tiled:
         raise CacheError(f"shards of {fsid} do not tile the manifest: re-extract them with one --shard I/N scheme")
-    if any(np.any(np.diff(s.index) <= 0) for s in shards):
+    if any(not in_order(s.index, s.view) for s in shards):
         raise CacheError(f"a shard of {fsid} has rows out of order: re-extract it")
+
+
+def in_order(index: np.ndarray, view: np.ndarray) -> bool:
+    """Rows in manifest order, an image's views consecutive and in order (0, 1, ...)."""
+    step, view_step = np.diff(index), np.diff(view)
+    return bool(np.all((step > 0) | ((step == 0) & (view_step == 1))))

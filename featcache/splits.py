@@ -54,10 +54,15 @@ def assign(paths: list[str], labels: np.ndarray, splits: list[str], test_size: f
 
 def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_splits: list[str], row_paths: list[str],
                row_labels: np.ndarray, class_names: list[str], test_size: float = 0.2, seed: int = 0, cv: int = 5,
-               exclude: frozenset[str] = frozenset()) -> Split:
-    """``exclude``: paths whose rows leave both the CV rows and the test rows. The assignment itself is
+               exclude: frozenset[str] = frozenset(), row_views: np.ndarray | None = None) -> Split:
+    """Rows -> test rows and CV folds by their file.
+
+    ``exclude``: paths whose rows leave both the CV rows and the test rows. The assignment itself is
     made over every file as without it, so the test set is the usual one minus the excluded files and
-    a run with exclusions stays comparable with one without."""
+    a run with exclusions stays comparable with one without.
+    ``row_views``: each row's view number, for feature sets with augmented views: all views of a file
+    land on the same side of the test split and of every fold (they share its path), and counts are
+    of images (view 0 rows)."""
     if cv < 2:
         raise FeatcacheError(f"--cv {cv} is too small: cross-validation needs at least 2 folds")
     present = np.unique(row_labels)
@@ -70,7 +75,8 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
     kept = np.array([p not in exclude for p in row_paths], dtype=bool)
     test_rows = np.flatnonzero(is_test[rows_entry] & kept)
     cv_rows = np.flatnonzero(~is_test[rows_entry] & kept)
-    labels_cv = row_labels[cv_rows]
+    first = np.ones(len(row_paths), dtype=bool) if row_views is None else np.asarray(row_views) == 0
+    labels_cv = row_labels[cv_rows][first[cv_rows]]
     classes, counts = np.unique(labels_cv, return_counts=True)
     if len(classes) < 2:
         raise FeatcacheError("fewer than two classes are left for training after the test split: add images or lower --test-size")
@@ -90,12 +96,12 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
         "test_size": None if stored else test_size,
         "seed": seed,
         "cv": cv,
-        "n_cv": int(len(cv_rows)),
-        "n_test": int(len(test_rows)),
-        "dropped": int(len(manifest_paths) - len(row_paths)),
+        "n_cv": int(first[cv_rows].sum()),
+        "n_test": int(first[test_rows].sum()),
+        "dropped": int(len(manifest_paths) - first.sum()),
         "assignment_sha256": assignment,
     }
     if exclude:
-        info["excluded_cv"] = int(np.sum(~kept & ~is_test[rows_entry]))
-        info["excluded_test"] = int(np.sum(~kept & is_test[rows_entry]))
+        info["excluded_cv"] = int(np.sum(~kept & ~is_test[rows_entry] & first))  # images, not view rows
+        info["excluded_test"] = int(np.sum(~kept & is_test[rows_entry] & first))
     return Split(cv_rows=cv_rows, test_rows=test_rows, folds=folds, info=info)

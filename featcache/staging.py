@@ -53,9 +53,13 @@ def disk_full_error(err: Exception, where: Path, what: str) -> CacheError:
 
 
 class Staging:
+    """Committed batches of one extraction. With ``header["views"] = V`` every committed image has V
+    consecutive feature rows (its views, in order); ``indices`` name images, never views."""
+
     def __init__(self, directory: Path, header: dict):
         self.dir = Path(directory)
         self.header = header
+        self.views = int(header.get("views", 1))
         self._segments: list[dict] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -102,9 +106,12 @@ class Staging:
 
     # -- writing ---------------------------------------------------------------------------------
     def commit(self, indices: np.ndarray, features: np.ndarray | None, skipped: list[tuple[int, str]]) -> None:
+        """``features``: ``views`` rows per entry of ``indices``, an image's views consecutive."""
         number = len(self.segments())
         stem = f"seg-{number:07d}"
         indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and len(features) != len(indices) * self.views:
+            raise ValueError(f"{len(features)} feature rows for {len(indices)} images of {self.views} views")
         try:
             if len(indices):
                 save_npy(self.dir / f"{stem}.npy", features)
@@ -139,11 +146,15 @@ class Staging:
     def skipped(self) -> dict[int, str]:
         return {i: r for seg in self.segments() for i, r in seg["skipped"]}
 
-    def n_rows(self) -> int:
+    def n_images(self) -> int:
         return sum(len(seg["indices"]) for seg in self.segments())
 
+    def n_rows(self) -> int:
+        return self.n_images() * self.views
+
     def rows_in_order(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(entry indices, features) blocks in manifest order, reading segments memory-mapped."""
+        """(entry index per row, features) blocks in manifest order, then view order, reading
+        segments memory-mapped."""
         segs = [s for s in self.segments() if s["indices"]]
         if not segs:
             return
@@ -154,18 +165,20 @@ class Staging:
         if np.any(np.diff(index[order]) == 0):
             raise CacheError(f"staging {self.dir} holds the same image twice: delete it and extract again")
         maps: dict[int, np.ndarray] = {}
-        for start in range(0, len(order), block_rows):
-            sel = order[start:start + block_rows]
+        v = self.views
+        for start in range(0, len(order), max(1, block_rows // v)):
+            sel = order[start:start + max(1, block_rows // v)]
             block = None
             for k in np.unique(seg_of[sel]):
                 if k not in maps:
                     maps[k] = np.load(self.dir / f"{segs[k]['stem']}.npy", mmap_mode="r", allow_pickle=False)
                 mine = seg_of[sel] == k
-                rows = maps[k][pos_of[sel][mine]]
+                # an image's rows in its segment: pos * v .. pos * v + v - 1
+                rows = maps[k][(pos_of[sel][mine][:, None] * v + np.arange(v)).ravel()]
                 if block is None:
-                    block = np.empty((len(sel),) + rows.shape[1:], dtype=rows.dtype)
-                block[mine] = rows
-            yield index[sel], block
+                    block = np.empty((len(sel) * v,) + rows.shape[1:], dtype=rows.dtype)
+                block[np.repeat(mine, v)] = rows
+            yield np.repeat(index[sel], v), block
 
 
 def _test_pause() -> None:

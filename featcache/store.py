@@ -7,6 +7,8 @@ Layout of ``<id>.h5``::
     /paths          (rows,) relative path of each row's image (bytes: any file name survives)
     /split          (rows,) "train" | "val" | "test" | ""
     /index          (rows,) the row's entry in /manifest
+    /view           (rows,) int32, which augmented view of its image the row is (0: the plain crop;
+                    with views, an image's rows are consecutive, in view order)
     /class_names    (classes,)
     /manifest/{path,size,mtime_ns,label,split}   every input file, for staleness and incremental updates
     /manifest/sha256 (files,) SHA-256 of each file's bytes ("" unknown): outside the manifest hash and the id
@@ -195,6 +197,7 @@ def write_feature_set(
             content = digest.finish(labels, index)
             f.create_dataset("labels", data=labels)
             f.create_dataset("index", data=index)
+            f.create_dataset("view", data=view_numbers(index))
             f.create_dataset("paths", data=np.array([os.fsencode(manifest.paths[i]) for i in index], dtype=object), dtype=_BYTES)
             f.create_dataset("split", data=np.array([manifest.splits[i] for i in index], dtype=object), dtype=_STR)
             f.create_dataset("class_names", data=np.array(manifest.class_names, dtype=object), dtype=_STR)
@@ -222,6 +225,16 @@ def write_feature_set(
         tmp.unlink(missing_ok=True)
         raise
     return content
+
+
+def view_numbers(index: np.ndarray) -> np.ndarray:
+    """Each row's place among the consecutive rows of its image: 0, 1, ... (all 0 without views)."""
+    n = len(index)
+    if not n:
+        return np.zeros(0, dtype=np.int32)
+    starts = np.concatenate([[True], index[1:] != index[:-1]])
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    return (np.arange(n) - first).astype(np.int32)
 
 
 def write_isolated(*args) -> str:
@@ -353,6 +366,18 @@ class FeatureSet:
         return self._file["index"][()]
 
     @property
+    def view(self) -> np.ndarray:
+        """Each row's view number (files written before views existed: all 0)."""
+        if "view" in self._file:
+            return self._file["view"][()]
+        return np.zeros(len(self), dtype=np.int32)
+
+    @property
+    def n_views(self) -> int:
+        """Rows per image."""
+        return int(self.meta.get("n_views", 1))
+
+    @property
     def skipped(self) -> list[tuple[str, str]]:
         m = [os.fsdecode(v) for v in self._file["manifest/path"][()]]
         idx = self._file["skipped/index"][()]
@@ -431,7 +456,7 @@ def verify(path: Path) -> list[str]:
             if digest.finish(fs.labels, fs.index) != fs.meta.get("content_sha256"):
                 problems.append("content hash differs from the one recorded at extraction: the file was altered")
             n = len(fs)
-            for name in ("labels", "paths", "split", "index"):
+            for name in ("labels", "paths", "split", "index") + (("view",) if "view" in fs else ()):
                 if fs[name].shape[0] != n:
                     problems.append(f"/{name} has {fs[name].shape[0]} rows, /features has {n}")
         except OSError as err:

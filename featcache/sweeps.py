@@ -1,6 +1,6 @@
 """``sweep``: which backbone, layer and head suit *my* images, and at what cost?
 
-A sweep is a grid of feature configurations (model@weights x layer x pool) times heads. Every
+A sweep is a grid of feature configurations (model@weights x layer x pool x views) times heads. Every
 piece of it is checked before any work (unknown model, layer, head, parameter: one error listing
 them all). Each configuration is extracted once (cache hits for the rest), each head is fitted on
 each feature set into a run directory whose name depends only on the row, so a rerun reuses
@@ -37,7 +37,7 @@ SWEEP_FILE = "sweep.json"
 
 
 # What a [[features]] entry of a sweep file may set: the settings that change the numbers.
-FEATURE_KEYS = {"model", "weights", "layer", "layers", "pool", "pools", "image_size", "dtype", "precision", "draft"}
+FEATURE_KEYS = {"model", "weights", "layer", "layers", "pool", "pools", "image_size", "dtype", "precision", "draft", "views"}
 FILE_KEYS = {"data", "cv", "test_size", "seed", "features", "heads"}
 DEFAULTS = {"data": str(config.DEFAULT_DATA_DIR), "cv": 5, "test_size": 0.2, "seed": 0}
 
@@ -64,18 +64,21 @@ def parse_model(text: str) -> tuple[str, str]:
 
 
 def plan_from_options(data=None, models=None, layers=None, pools=None, heads=None, params=None, image_size=None, cv=None,
-                      test_size=None, seed=None) -> SweepPlan:
-    """CLI-style options: every model x every layer x every pool; ``params`` as HEAD.NAME=v1,v2."""
+                      test_size=None, seed=None, views=None) -> SweepPlan:
+    """CLI-style options: every model x every layer x every pool x every views recipe; ``params`` as
+    HEAD.NAME=v1,v2."""
     data = str(data if data is not None else DEFAULTS["data"])
     problems: list[str] = []
     features = []
     for m, w in map(parse_model, models or [config.DEFAULT_MODEL]):
         for layer in (layers or [None]):
             for pool in (pools or ["none"]):
-                try:
-                    features.append(ExtractConfig(data=data, model=m, weights=w, layer=layer, pool=pool, image_size=image_size))
-                except FeatcacheError as err:
-                    problems.append(f"{m}@{w}: {err}")
+                for recipe in (views or ["none"]):
+                    try:
+                        features.append(ExtractConfig(data=data, model=m, weights=w, layer=layer, pool=pool, image_size=image_size,
+                                                      views=recipe))
+                    except FeatcacheError as err:
+                        problems.append(f"{m}@{w}: {err}")
     grids: dict[str, dict[str, list]] = {h: None for h in (heads or ["svm"])}
     for item in params or []:
         head, dot, rest = item.partition(".")
@@ -126,16 +129,18 @@ def plan_from_toml(path, data=None, cv=None, test_size=None, seed=None, image_si
         if extra:
             problems.append(f"sweep file {path}: unknown [[features]] key(s) {', '.join(sorted(extra))}: use {', '.join(sorted(FEATURE_KEYS))}")
             continue
-        settings = {k: v for k, v in entry.items() if k not in ("layer", "layers", "pool", "pools")}
+        settings = {k: v for k, v in entry.items() if k not in ("layer", "layers", "pool", "pools", "views")}
         settings["weights"] = str(settings.get("weights", "DEFAULT"))
         if image_size is not None:
             settings["image_size"] = image_size
+        recipes = entry.get("views", "none")  # one recipe or a list of them
         for layer in entry.get("layers", [entry.get("layer")]):
             for pool in entry.get("pools", [entry.get("pool", "none")]):
-                try:
-                    features.append(ExtractConfig(data=data, layer=layer, pool=pool, **settings))
-                except FeatcacheError as err:
-                    problems.append(f"{settings.get('model', config.DEFAULT_MODEL)}: {err}")
+                for recipe in (recipes if isinstance(recipes, list) else [recipes]):
+                    try:
+                        features.append(ExtractConfig(data=data, layer=layer, pool=pool, views=recipe, **settings))
+                    except FeatcacheError as err:
+                        problems.append(f"{settings.get('model', config.DEFAULT_MODEL)}: {err}")
     heads = {name: (grid or None) for name, grid in (doc.get("heads") or {"svm": {}}).items()}
     pick = lambda name, given: given if given is not None else doc.get(name, DEFAULTS[name])  # noqa: E731
     return SweepPlan(data, features, heads, int(pick("cv", cv)), float(pick("test_size", test_size)), int(pick("seed", seed)),
@@ -199,7 +204,7 @@ def default_out(plan: SweepPlan) -> Path:
 
 def sweep(data=None, models=None, layers=None, pools=None, heads=None, params=None,
           config_file=None, image_size=None, cv: int | None = None, test_size: float | None = None, seed: int | None = None,
-          out=None, cache_dir=None, progress_bar: bool = True, plan: SweepPlan | None = None) -> Path:
+          out=None, cache_dir=None, progress_bar: bool = True, plan: SweepPlan | None = None, views=None) -> Path:
     """Run (or resume) a sweep; returns its directory with the leaderboard.
 
     ``None`` means "not given": the sweep file's value, else the default (data ``./data``, cv 5,
@@ -209,10 +214,10 @@ def sweep(data=None, models=None, layers=None, pools=None, heads=None, params=No
     from .pipeline import fit, load_features
 
     if plan is None:
-        if config_file and (models or layers or pools or heads or params):
-            raise FeatcacheError("give either a sweep file or models/layers/pools/heads/params, not both")
+        if config_file and (models or layers or pools or views or heads or params):
+            raise FeatcacheError("give either a sweep file or models/layers/pools/views/heads/params, not both")
         plan = (plan_from_toml(config_file, data, cv, test_size, seed, image_size) if config_file
-                else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed))
+                else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed, views))
     validate(plan)
     out = Path(out) if out else default_out(plan)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +312,7 @@ def render(out) -> list[Path]:
         m, f, split = run.metrics, run.params.features, run.params.split
         rows.append({
             "row": row_id, "run": run, "model": f["model"], "weights": f["weights_kind"] if f["weights_kind"] != "pretrained" else "pretrained",
-            "layer": f["layer"], "pool": f["pool"], "head": run.params.head, "cv_mean": m.best_cv_mean,
+            "layer": f["layer"], "pool": f["pool"], "views": f.get("views", "none"), "head": run.params.head, "cv_mean": m.best_cv_mean,
             "cv_std": m.best_cv_std, "test": m.test.accuracy, "best_params": m.best_params,
             "images_per_second": f.get("images_per_second") or float("nan"), "fit_seconds": m.fit_seconds,
             "feature_mb": row["feature_bytes"] / 2**20, "folds": m.fold_scores(), "dropped": split.get("dropped", 0),
@@ -319,10 +324,10 @@ def render(out) -> list[Path]:
     csv_path = out / "leaderboard.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "model", "weights", "layer", "pool", "head", "cv_mean", "cv_std", "test_accuracy", "best_params",
+        w.writerow(["rank", "model", "weights", "layer", "pool", "views", "head", "cv_mean", "cv_std", "test_accuracy", "best_params",
                     "extract_images_per_second", "fit_seconds", "feature_mb", "run"])
         for k, r in enumerate(rows, 1):
-            w.writerow([k, r["model"], r["weights"], r["layer"], r["pool"], r["head"], f"{r['cv_mean']:.6f}", f"{r['cv_std']:.6f}",
+            w.writerow([k, r["model"], r["weights"], r["layer"], r["pool"], r["views"], r["head"], f"{r['cv_mean']:.6f}", f"{r['cv_std']:.6f}",
                         f"{r['test']:.6f}", json.dumps(r["best_params"]), f"{r['images_per_second']:.2f}", f"{r['fit_seconds']:.3f}",
                         f"{r['feature_mb']:.2f}", os.path.relpath(r["run"].path, out)])
     plot = _plot_cost(rows, out / "leaderboard.png")
@@ -337,12 +342,12 @@ def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
         mark = "**best**" if k == 1 else str(k)
         link = os.path.relpath(r["run"].path / "report.html", out)
         note = f" ({r['dropped']} dropped)" if r["dropped"] else ""
-        table.append([mark, r["model"], r["weights"], r["layer"], r["pool"], r["head"],
+        table.append([mark, r["model"], r["weights"], r["layer"], r["pool"], r["views"], r["head"],
                       f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test']:.4f}", _params_text(r["best_params"]),
                       f"{r['images_per_second']:.1f}", f"{r['fit_seconds']:.2f}", f"{r['feature_mb']:.1f}", f"[run]({link}){note}"])
     blocks = [("p", f"{len(rows)} rows, sorted by cross-validated accuracy. Every row uses the same "
                     f"{rows[0]['n_test'] if rows else 0} test images and the same CV folds (assigned per file)."),
-              ("table", ["rank", "model", "weights", "layer", "pool", "head", "CV accuracy", "test accuracy", "best params",
+              ("table", ["rank", "model", "weights", "layer", "pool", "views", "head", "CV accuracy", "test accuracy", "best params",
                          "extract img/s", "fit s", "features MB", "run"], table)]
     if len(rows) >= 2:
         a, b = rows[0], rows[1]
@@ -352,7 +357,8 @@ def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
         shared = sorted(set(ca) & set(cb))
         lo, hi = bootstrap_interval(np.array([ca[s] for s in shared], float), np.array([cb[s] for s in shared], float))
         verdict = "a lead larger than chance" if p < 0.05 and lo > 0 else "a lead within chance (not significant)"
-        blocks.append(("p", f"Best vs runner-up ({b['model']} {b['layer']} {b['head']}): CV difference "
+        runner_up = f"{b['model']} {b['layer']}{'' if b['views'] == 'none' else ' views ' + b['views']} {b['head']}"
+        blocks.append(("p", f"Best vs runner-up ({runner_up}): CV difference "
                             f"{a['cv_mean'] - b['cv_mean']:+.4f}, corrected paired t-test over the {len(a['folds'])} folds p = {p:.3f}; "
                             f"test difference {a['test'] - b['test']:+.4f}, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
                             f"on {len(shared)} shared test images: {verdict}."))
@@ -374,7 +380,8 @@ def _plot_cost(rows: list[dict], path: Path) -> Path:
         cost = [1000.0 / r["images_per_second"] if r["images_per_second"] and r["images_per_second"] > 0 else np.nan for r in mine]
         ax.errorbar(cost, [r["cv_mean"] for r in mine], yerr=[r["cv_std"] for r in mine], fmt="o", capsize=3, label=head, color=f"C{k}")
         for x, r in zip(cost, mine):
-            ax.annotate(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}\n{r['layer']} {r['pool']}",
+            views = "" if r["views"] == "none" else f" {r['views'].split(':seed')[0]}"
+            ax.annotate(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}\n{r['layer']} {r['pool']}{views}",
                         (x, r["cv_mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("extraction cost (ms per image, this machine)")
     ax.set_ylabel("CV accuracy")

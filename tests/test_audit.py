@@ -294,3 +294,23 @@ def test_the_blocked_search_equals_brute_force(precision):
     same = np.where(groups[:, None] == groups[None, :], S, -np.inf)
     assert np.all(np.abs(got.nearest_same_similarity - same.max(axis=1)) <= tolerance)
     assert np.all(groups[got.nearest_same] == groups)
+
+
+def test_a_feature_set_with_views_is_audited_per_image_and_predicted_per_image(planted):
+    """An image's augmented views are near-duplicates of each other by design: the audit looks at view 0
+    (the plain crop), so a flip-views set gives the plain set's duplicate groups, not one per image; and
+    predict --features labels each image once. (Without the view-0 filter every image and its mirror
+    form a group, which this test catches.)"""
+    root = planted["root"]
+    views = featcache.extract(root / "data", cache_dir=root / "cache", image_size=128, views="flip", progress_bar=False)
+    found = audit(features=views.id, cache_dir=root / "cache", progress_bar=False)
+    assert found.feature_set["rows"] == views.n_rows // 2
+    assert sorted(map(sorted, (g[1] for g in _groups(found)))) == sorted(map(sorted, (g[1] for g in _groups(planted["audit"]))))
+    assert any("views per image" in n for n in found.notes)
+
+    run = featcache.fit(head="logreg", features=views.id, cache_dir=root / "cache", runs_dir=root / "views-runs",
+                        params={"C": [1.0]}, cv=2, progress_bar=False)
+    r = run_cli("predict", "--features", views.id, "--run", run.path, "--cache-dir", root / "cache", "--json", cwd=root)
+    assert r.returncode == 0, r.stderr
+    predicted = json.loads(r.stdout)
+    assert len(predicted) == views.n_rows // 2 and len({p["path"] for p in predicted}) == len(predicted)
