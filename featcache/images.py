@@ -198,9 +198,12 @@ def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
 
 
 class ImageRows(torch.utils.data.Dataset):
-    """Manifest entries -> (entry index, uint8 tensor or None, reason or None)."""
+    """Manifest entries -> (entry index, uint8 tensor or None, reason or None).
 
-    def __init__(self, files: list[str], indices: list[int], transform: Transform, known_bad: dict[int, str] | None = None):
+    ``transform``: any picklable callable path -> item (a ``Transform``; ``jpeg.read`` for --decode gpu)
+    that raises ``BadImage`` for an unusable file, so both decode paths share the bad-file rules."""
+
+    def __init__(self, files: list[str], indices: list[int], transform, known_bad: dict[int, str] | None = None):
         self.files, self.indices, self.transform = files, indices, transform
         self.known_bad = known_bad or {}
 
@@ -214,7 +217,7 @@ class ImageRows(torch.utils.data.Dataset):
         return (index, *crop_or_reason(self.transform, self.files[i]))
 
 
-def crop_or_reason(transform: Transform, path: str) -> tuple[torch.Tensor | None, str | None]:
+def crop_or_reason(transform, path) -> tuple[object | None, str | None]:
     try:
         return transform(path), None
     except BadImage as err:

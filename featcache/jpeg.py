@@ -20,6 +20,7 @@ the feature-set id records the decoder, so the two never share a cache entry.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from PIL import Image
 
 from .backbones.spec import Preprocess
 from .errors import FeatcacheError
-from .images import BadImage, Decode, Transform, crop_or_reason, pillow_errors
+from .images import Decode, ImageRows, Transform, crop_or_reason, pillow_errors
 
 ORIENTATION_TAG = 0x0112
 EOI = b"\xff\xd9"
@@ -85,27 +86,12 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
     return img
 
 
-class JpegRows(torch.utils.data.Dataset):
-    """Manifest entries -> (entry index, ``Jpeg`` or uint8 crop or None, reason or None)."""
+class JpegRows(ImageRows):
+    """Manifest entries -> (entry index, ``Jpeg`` or uint8 crop or None, reason or None): the CPU path's
+    rows with ``read`` in place of the transform (JPEGs travel as bytes, anything else as its crop)."""
 
     def __init__(self, files: list[str], indices: list[int], preprocess: Preprocess, known_bad: dict[int, str] | None = None):
-        self.files, self.indices = files, indices
-        self.fallback = Transform(preprocess, Decode(draft=False))
-        self.known_bad = known_bad or {}
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        index = self.indices[i]
-        if index in self.known_bad:
-            return index, None, self.known_bad[index]
-        try:
-            return index, read(self.files[i], self.fallback), None
-        except BadImage as err:
-            return index, None, str(err)
-        except Exception as err:  # a decoder bug must cost one image, not the whole extraction
-            return index, None, f"cannot decode: {type(err).__name__}: {str(err)[:80]}"
+        super().__init__(files, indices, functools.partial(read, fallback=Transform(preprocess, Decode(draft=False))), known_bad)
 
 
 @dataclass

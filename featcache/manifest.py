@@ -169,17 +169,19 @@ def scan(root: str | os.PathLike, labels: str | os.PathLike | None = None) -> Ma
                 f"class folder {display(str(folder))} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS)[:5])}, ...): "
                 "add images or remove the folder"
             )
+    return _build(root, rows, class_names, ignored)
+
+
+def _build(root: Path, rows: list[tuple[bytes, str, int, int, int, str, str | None]], class_names: list[str],
+           ignored: list[str], **extra) -> Manifest:
+    """Rows ``(path bytes, path, size, mtime_ns, label, split, problem)`` -> a Manifest in byte order of
+    the paths (the same order on every platform and locale: part of the manifest hash)."""
     rows.sort(key=lambda r: r[0])
     return Manifest(
-        root=root.resolve(),
-        paths=[r[1] for r in rows],
-        sizes=np.array([r[2] for r in rows], dtype=np.int64),
-        mtimes=np.array([r[3] for r in rows], dtype=np.int64),
-        labels=np.array([r[4] for r in rows], dtype=np.int32),
-        splits=[r[5] for r in rows],
-        class_names=class_names,
-        unreadable={i: r[6] for i, r in enumerate(rows) if r[6]},
-        ignored=sorted(ignored),
+        root=root.resolve(), paths=[r[1] for r in rows], sizes=np.array([r[2] for r in rows], dtype=np.int64),
+        mtimes=np.array([r[3] for r in rows], dtype=np.int64), labels=np.array([r[4] for r in rows], dtype=np.int32),
+        splits=[r[5] for r in rows], class_names=class_names, unreadable={i: r[6] for i, r in enumerate(rows) if r[6]},
+        ignored=sorted(ignored), **extra,
     )
 
 
@@ -194,7 +196,8 @@ def _scan_unlabelled(root: Path) -> Manifest:
     rows, ignored = [], []
     for path in _walk_files(root):
         if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
-            rows.append(_row(root, path))
+            path_bytes, rel, size, mtime, problem = _row(root, path)
+            rows.append((path_bytes, rel, size, mtime, UNLABELLED, "", problem))
         else:
             ignored.append(os.path.relpath(path, root))
     if not rows:
@@ -202,13 +205,7 @@ def _scan_unlabelled(root: Path) -> Manifest:
             f"no class folders and no images in {root}: put each class's images in its own subfolder, e.g. {root}/cats/1.jpg, "
             "or images directly in it for an unlabelled set"
         )
-    rows.sort(key=lambda r: r[0])
-    return Manifest(
-        root=root.resolve(), paths=[r[1] for r in rows], sizes=np.array([r[2] for r in rows], dtype=np.int64),
-        mtimes=np.array([r[3] for r in rows], dtype=np.int64), labels=np.full(len(rows), UNLABELLED, dtype=np.int32),
-        splits=[""] * len(rows), class_names=[], unreadable={i: r[4] for i, r in enumerate(rows) if r[4]},
-        ignored=sorted(ignored),
-    )
+    return _build(root, rows, [], ignored)
 
 
 def read_labels_file(path: Path, root: Path) -> dict[str, tuple[str, str]]:
@@ -274,14 +271,8 @@ def _scan_labels_file(root: Path, labels: Path) -> Manifest:
         else:
             size, mtime, problem = -1, 0, f"listed in {labels.name} but not found under the data folder"
         rows.append((os.fsencode(rel), rel, size, mtime, label_of[label], split, problem))
-    rows.sort(key=lambda r: r[0])
-    return Manifest(
-        root=root.resolve(), paths=[r[1] for r in rows], sizes=np.array([r[2] for r in rows], dtype=np.int64),
-        mtimes=np.array([r[3] for r in rows], dtype=np.int64), labels=np.array([r[4] for r in rows], dtype=np.int32),
-        splits=[r[5] for r in rows], class_names=class_names, unreadable={i: r[6] for i, r in enumerate(rows) if r[6]},
-        ignored=sorted(ignored), labels_file=str(labels.resolve()),
-        unlisted=sorted((rel for rel in on_disk if rel not in listed), key=os.fsencode),
-    )
+    return _build(root, rows, class_names, ignored, labels_file=str(labels.resolve()),
+                  unlisted=sorted((rel for rel in on_disk if rel not in listed), key=os.fsencode))
 
 
 def hash_file(path: str | os.PathLike, block: int = 1 << 20) -> str:

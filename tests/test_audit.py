@@ -208,11 +208,17 @@ def test_the_cli_prints_one_screen_and_json_carrying_the_same_counts(planted):
     assert bad.returncode == 1 and "--threshold 1.5" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def _copy_of_the_planted_set(planted, cache: Path) -> Path:
+    """The planted feature set copied into a fresh cache folder, for tests that damage or edit it."""
+    cache.mkdir()
+    path = cache / f"{planted['id']}.h5"
+    shutil.copyfile(planted["root"] / "cache" / f"{planted['id']}.h5", path)
+    return path
+
+
 def test_an_old_feature_set_without_content_hashes_gets_them_from_the_folder_and_says_so(planted, tmp_path):
     cache = tmp_path / "cache"
-    cache.mkdir()
-    old = cache / f"{planted['id']}.h5"
-    shutil.copyfile(planted["root"] / "cache" / f"{planted['id']}.h5", old)
+    old = _copy_of_the_planted_set(planted, cache)
     with h5py.File(old, "r+") as f:
         del f["manifest/sha256"]  # as written before content hashes were recorded
     found = audit(features=planted["id"], cache_dir=cache, progress_bar=False)
@@ -224,9 +230,7 @@ def test_an_old_feature_set_without_content_hashes_gets_them_from_the_folder_and
 
 def test_a_damaged_feature_set_is_a_one_line_error(planted, tmp_path):
     cache = tmp_path / "cache"
-    cache.mkdir()
-    path = cache / f"{planted['id']}.h5"
-    shutil.copyfile(planted["root"] / "cache" / f"{planted['id']}.h5", path)
+    path = _copy_of_the_planted_set(planted, cache)
     with h5py.File(path, "r") as f:
         at = f["features"].id.get_chunk_info(0).byte_offset
     with open(path, "r+b") as f:  # flip bytes inside the first chunk: its fletcher32 checksum no longer matches

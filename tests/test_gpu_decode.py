@@ -26,7 +26,7 @@ from featcache import fingerprint, jpeg
 from featcache.backbones import resolve
 from featcache.backbones.spec import Preprocess
 from featcache.errors import FeatcacheError
-from featcache.images import Decode, Transform
+from featcache.images import BadImage, Decode, Transform
 from featcache.staging import Staging
 from tests.conftest import featcache as run_cli, make_images
 from tests.test_bad_images import _asymmetric, _jpeg_bytes, build_messy_folder
@@ -251,5 +251,5 @@ def test_workers_send_only_whole_rgb_or_gray_jpegs_to_the_device(tmp_path):
         crop = jpeg.read(str(tmp_path / name), fallback)
         assert isinstance(crop, torch.Tensor) and tuple(crop.shape) == (3, 32, 32)
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(jpeg.BadImage, match="truncated"):
+    with pytest.raises(BadImage, match="truncated"):
         jpeg.read(str(tmp_path / "cut.jpg"), fallback)
