@@ -130,7 +130,7 @@ def main() -> None:
         if args.stage == "extract":
             continue
         cells = run_cells(name, root, extracted, out, args)
-        if any(c is None for c in cells.values()) or "best-no-views" not in cells:
+        if any(cells.get(m) is None for m in ("seed-maps", "seed-pooled", "best-no-views")) or any(c is None for c in cells.values()):
             print(f"   {name}: some cells are not saved yet; no table", flush=True)
             continue
         report += table(name, cells)
