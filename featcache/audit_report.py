@@ -9,12 +9,11 @@ it can be passed to ``featcache fit --exclude``.
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 from . import progress, report
 from .audit import KIND_TITLES, AuditResult, Finding
+from .files import write_csv
 from .gallery import Card, Thumbnails
 from .manifest import display
 
@@ -51,17 +50,12 @@ def write(result: AuditResult, out: Path, say: bool = True) -> list[Path]:
 
 def _write_csv(result: AuditResult, path: Path) -> None:
     e = result.entries
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for number, finding in enumerate(result.ordered(), 1):
-            for entry, action in zip(finding.entries, finding.actions):
-                writer.writerow([number, finding.kind, finding.severity, action, display(e.paths[entry]), e.labels[entry],
-                                 e.splits[entry], e.place[entry], finding.suggested or "",
-                                 "" if finding.similarity is None else f"{finding.similarity:.4f}", f"{finding.score:.4f}",
-                                 " ".join(finding.flags), finding.detail])
-    os.replace(tmp, path)
+    write_csv(path, CSV_COLUMNS, (
+        [number, finding.kind, finding.severity, action, display(e.paths[entry]), e.labels[entry], e.splits[entry],
+         e.place[entry], finding.suggested or "", "" if finding.similarity is None else f"{finding.similarity:.4f}",
+         f"{finding.score:.4f}", " ".join(finding.flags), finding.detail]
+        for number, finding in enumerate(result.ordered(), 1)
+        for entry, action in zip(finding.entries, finding.actions)))
 
 
 def _blocks(result: AuditResult, thumbs: Thumbnails, bar) -> list:

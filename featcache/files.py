@@ -7,7 +7,9 @@ file or the new one, never half of one.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -39,6 +41,15 @@ def atomic_save(path: Path, write: Callable[[BinaryIO], None]) -> Path:
 def atomic_write(path: Path, data: bytes | str) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     return atomic_save(path, lambda f: f.write(payload))
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    """A CSV file (header, then ``rows``), written atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue())
 
 
 def write_json(path: Path, obj, indent: int | None = 2) -> Path:

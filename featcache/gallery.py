@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import atomic_save
+
 THUMB_SIDE = 160
 CARD_STYLE = (
     ".cards{display:flex;flex-wrap:wrap;gap:10px;margin:1em 0}"
@@ -55,9 +57,7 @@ def thumbnail(source: Path, out_dir: Path, side: int = THUMB_SIDE) -> tuple[str 
         return None, str(err)
     img.thumbnail((side, side))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-    img.save(tmp, "JPEG", quality=85)
-    os.replace(tmp, target)
+    atomic_save(target, lambda f: img.save(f, "JPEG", quality=85))
     return name, None
 
 
@@ -76,8 +76,9 @@ class Thumbnails:
         if self.data_root is None:
             return None
         source = self.data_root / rel_path
-        if (self.page_dir / self.folder / thumbnail_name(source)).is_file():
-            return f"{self.folder}/{thumbnail_name(source)}"
+        name = thumbnail_name(source)
+        if (self.page_dir / self.folder / name).is_file():
+            return f"{self.folder}/{name}"
         if not self.available:
             return None
         name, reason = thumbnail(source, self.page_dir / self.folder)

@@ -11,11 +11,11 @@ seconds to every fit. Plots use matplotlib's ``Figure`` API (no pyplot state, no
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_csv
 from .gallery import Card, Thumbnails
 from .manifest import display
 
@@ -44,15 +44,11 @@ def write_map(path: Path, X: np.ndarray, paths: list[str], labels: np.ndarray, c
     xy = pca.fit_transform(Z)
     explained = pca.explained_variance_ratio_.tolist()
     is_test = np.r_[np.zeros(len(cv_rows), bool), np.ones(len(test_rows), bool)]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "x", "y", "label", "role", "predicted", f"explained={explained[0]:.6f},{explained[1]:.6f}"])
-        for (x, y), row, test in zip(xy.tolist(), used.tolist(), is_test.tolist()):
-            w.writerow([display(paths[row]), f"{x:.5f}", f"{y:.5f}", class_names[int(labels[row])], "test" if test else "cv",
-                        predicted.get(row, "") if test else "", ""])
-    os.replace(tmp, path)
-    return path
+    header = ["path", "x", "y", "label", "role", "predicted", f"explained={explained[0]:.6f},{explained[1]:.6f}"]
+    return write_csv(path, header, (
+        [display(paths[row]), f"{x:.5f}", f"{y:.5f}", class_names[int(labels[row])], "test" if test else "cv",
+         predicted.get(row, "") if test else "", ""]
+        for (x, y), row, test in zip(xy.tolist(), used.tolist(), is_test.tolist())))
 
 
 def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
@@ -67,10 +63,10 @@ def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
 
 
 def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, float], out: Path) -> Path:
-    from matplotlib.figure import Figure
+    from .report import figure, save  # here: report imports this module
 
     colours = _colours(len(class_names))
-    fig = Figure(figsize=(7.5, 5.2), dpi=110)
+    fig = figure((7.5, 5.2))
     ax = fig.subplots()
     x = np.array([float(r["x"]) for r in rows])
     y = np.array([float(r["y"]) for r in rows])
@@ -90,9 +86,7 @@ def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, f
     ax.set_title("feature set, PCA of pooled features: small dots CV images, large dots test images", fontsize=9)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, ncols=1 if len(class_names) <= 20 else 2)
-    fig.tight_layout()
-    fig.savefig(out)
-    return out
+    return save(fig, out)
 
 
 def _colours(n: int) -> list:
