@@ -21,7 +21,7 @@ files; the backbone is never run again. The steps:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -194,11 +194,9 @@ def content_hashes(manifest: Manifest, root: Path, say: bool, notes: list[str]) 
                      "exact duplicates among them are not checked (pass --data)")
         return recorded
     started = time.perf_counter()
-    manifest = Manifest(root=root, paths=manifest.paths, sizes=manifest.sizes, mtimes=manifest.mtimes,
-                        labels=manifest.labels, splits=manifest.splits, class_names=manifest.class_names)
     bar = progress.bar(len(missing), "hash files", say)
     try:
-        computed = hash_files(manifest, missing, progress=bar)
+        computed = hash_files(replace(manifest, root=root), missing, progress=bar)
     finally:
         bar.close()
     out = [recorded[i] or computed[i] for i in range(len(recorded))]
@@ -255,12 +253,10 @@ def exact_sets(hashes: list[str], sizes: np.ndarray) -> list[list[int]]:
     return [members for members in by_hash.values() if len(members) > 1]
 
 
-def duplicate_groups(hashes: list[str], sizes: np.ndarray, entry_pairs: np.ndarray, similarity: np.ndarray):
-    """Connected groups of entries joined by equal bytes or a near-duplicate pair:
-    [(entries, exact, lowest similarity, highest similarity on an edge)]."""
-    n = len(hashes)
-    union = _Union(n)
-    same = exact_sets(hashes, sizes)
+def duplicate_groups(hashes: list[str], same: list[list[int]], entry_pairs: np.ndarray, similarity: np.ndarray):
+    """Connected groups of entries joined by equal bytes (``same``: ``exact_sets(hashes, sizes)``) or a
+    near-duplicate pair: [(entries, exact, lowest similarity, highest similarity on an edge)]."""
+    union = _Union(len(hashes))
     for members in same:
         for other in members[1:]:
             union.join(members[0], other)
@@ -437,8 +433,9 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
 
     findings: list[Finding] = []
     entry_pairs = row_entry[found.pairs] if len(found.pairs) else np.empty((0, 2), dtype=np.int64)
-    identical = {i: len(m) for m in exact_sets(hashes, manifest.sizes) for i in m}
-    for group, exact, lowest, highest in duplicate_groups(hashes, manifest.sizes, entry_pairs, found.similarity):
+    same = exact_sets(hashes, manifest.sizes)
+    identical = {i for m in same for i in m}
+    for group, exact, lowest, highest in duplicate_groups(hashes, same, entry_pairs, found.similarity):
         findings.append(_group_finding(group, exact, lowest, highest, identical, manifest, is_test, fold, entry_row, label_name))
 
     clock = time.perf_counter()
