@@ -380,7 +380,7 @@ def _plot_cost(rows: list[dict], path: Path) -> Path:
         cost = [1000.0 / r["images_per_second"] if r["images_per_second"] and r["images_per_second"] > 0 else np.nan for r in mine]
         ax.errorbar(cost, [r["cv_mean"] for r in mine], yerr=[r["cv_std"] for r in mine], fmt="o", capsize=3, label=head, color=f"C{k}")
         for x, r in zip(cost, mine):
-            views = "" if r.get("views", "none") == "none" else f" {r['views'].split(':seed')[0]}"
+            views = "" if r["views"] == "none" else f" {r['views'].split(':seed')[0]}"
             ax.annotate(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}\n{r['layer']} {r['pool']}{views}",
                         (x, r["cv_mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("extraction cost (ms per image, this machine)")

@@ -104,7 +104,7 @@ table = {"param_C": [0.1, 1.0, 10.0], "mean_test_score": [0.5, 0.7, 0.6], "std_t
 paths = [report.plot_param(table, "C", out / "c.png", "C"), report.plot_confusion([[3, 1], [0, 4]], ["a", "b"], out / "m.png"),
          report.plot_history([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}], out / "h.png"),
          sweeps._plot_cost([{"head": "svm", "images_per_second": 10.0, "cv_mean": 0.9, "cv_std": 0.1, "model": "m",
-                             "weights": "pretrained", "layer": "l", "pool": "none"}], out / "s.png")]
+                             "weights": "pretrained", "layer": "l", "pool": "none", "views": "none"}], out / "s.png")]
 assert all(p.read_bytes().startswith(b"\\x89PNG") for p in paths), paths
 print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
