@@ -38,11 +38,14 @@ def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: l
     return test, predicted, confidence
 
 
-def view_accuracies(estimator, X_test: np.ndarray, y_test: np.ndarray, n_views: int) -> dict[str, float]:
-    """Test accuracy per image with each ``--views-at-test`` rule (what the report compares)."""
+def view_accuracies(estimator, X_test: np.ndarray, y_test: np.ndarray, n_views: int,
+                    known: dict[str, float] | None = None) -> dict[str, float]:
+    """Test accuracy per image with each ``--views-at-test`` rule (what the report compares);
+    ``known``: accuracies already computed (the run's own rule), not scored again."""
     y = np.asarray(y_test)[::n_views]
-    return {how: float(np.mean(aggregate(estimator, X_test, n_views, how)[0] == y)) if len(y) else float("nan")
-            for how in AT_TEST}
+    known = known or {}
+    return {how: known[how] if how in known else float(np.mean(aggregate(estimator, X_test, n_views, how)[0] == y))
+            if len(y) else float("nan") for how in AT_TEST}
 
 
 def edge_params(grid: dict[str, list], table: dict, best_index: int) -> list[str]:

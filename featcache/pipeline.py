@@ -241,7 +241,7 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     views = None
     if n_views > 1:
         views = {"recipe": data.meta.get("views"), "n": n_views, "at_test": views_at_test,
-                 "test_accuracy": view_accuracies(estimator, X_test, y_test, n_views)}
+                 "test_accuracy": view_accuracies(estimator, X_test, y_test, n_views, {views_at_test: test.accuracy})}
     table, best = result.cv_results, result.best_index
     params = runs.RunParams(
         head=head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,

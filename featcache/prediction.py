@@ -79,7 +79,7 @@ def feature_set_of(run, cache_dir=None) -> Path:
 def predict_features(features, run, cache_dir=None) -> list[Prediction]:
     """Label every row of a cached feature set (an unlabelled folder, say) with a run's head, without
     the backbone: the set must come from exactly the extractor the run was fitted on."""
-    from classifiers import scores
+    from .views import aggregate
 
     run = load_run(run)
     with cache.open_features(features, cache_dir) as fs:
@@ -93,13 +93,9 @@ def predict_features(features, run, cache_dir=None) -> list[Prediction]:
         root = Path(fs.meta.get("data_root") or ".")
     if not len(X):
         return []
-    if n_views > 1:  # an image's views are consecutive rows: score per image, as the run was scored
-        from .views import aggregate
-
-        labels, confidence = aggregate(run.head(), X, n_views, run.params.views_at_test or "mean")
-        paths = paths[::n_views]
-    else:
-        labels, confidence = scores(run.head(), X)
+    # An image's views are consecutive rows: score per image, as the run was scored.
+    labels, confidence = aggregate(run.head(), X, n_views, run.params.views_at_test or "mean")
+    paths = paths[::n_views]
     names = run.params.class_names
     return [Prediction(str(root / p), names[int(k)], float(c)) for p, k, c in zip(paths, labels, confidence)]
 
