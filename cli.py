@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from featcache.extract_config import POOLS  # noqa: E402  (import-light: no torch)
+from featcache.extract_config import DECODERS, POOLS  # noqa: E402  (import-light: no torch)
+from featcache.views import AT_TEST  # noqa: E402  (standard library only)
 
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
@@ -112,7 +113,7 @@ def main(debug: bool) -> None:
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run on this machine or on a Ray cluster.")
 @click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray) [default: start a local Ray].")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no libjpeg draft downscaling; CPU decoder).")
-@click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+@click.option("--decode", type=click.Choice(DECODERS), default="cpu", show_default=True,
               help="cpu: Pillow in the worker processes. gpu: JPEGs decoded in batches on --device by torchvision "
                    "(nvjpeg), resized and cropped there; meant for CUDA (runs on a CPU too, slower); other files "
                    "are decoded on the CPU. A different feature set.")
@@ -305,7 +306,7 @@ def cache_merge(ref, cache_dir, quiet):
 @click.option("--allow-stale", is_flag=True, help="Fit even if the image folder changed since extraction.")
 @click.option("--exclude", "exclude", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Leave these files out of training and test: one path per line, or a CSV with a path column (e.g. a filtered audit.csv).")
-@click.option("--views-at-test", type=click.Choice(["mean", "first"]), default="mean", show_default=True,
+@click.option("--views-at-test", type=click.Choice(AT_TEST), default="mean", show_default=True,
               help="Feature sets with views: score each CV/test image by the head's output averaged over its views, "
                    "or by its first view (the plain crop) only. The run reports both.")
 @CACHE_DIR

@@ -275,16 +275,15 @@ def _scan_labels_file(root: Path, labels: Path) -> Manifest:
                   unlisted=sorted((rel for rel in on_disk if rel not in listed), key=os.fsencode))
 
 
-def hash_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex ("" when it cannot be read)."""
-    digest = hashlib.sha256()
+def hash_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, hex ("" when it cannot be read). hashlib releases the GIL on large
+    buffers, so ``hash_files``' threads overlap."""
+    from .files import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(block):
-                digest.update(chunk)  # hashlib releases the GIL on large buffers: threads overlap
+        return sha256_file(path)
     except OSError:
         return ""
-    return digest.hexdigest()
 
 
 def hash_files(manifest: Manifest, entries, known: dict[str, tuple[int, int, str]] | None = None, progress=None,
