@@ -82,6 +82,20 @@ def primal_weights(Z: np.ndarray, beta: np.ndarray, scale: np.ndarray | None = N
     return out
 
 
+
+def _row_norms(Z: np.ndarray) -> np.ndarray:
+    """float64 L2 norm of each row, all-zero rows given norm 1 (they stay zero when divided)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
+    norms[norms == 0] = 1.0
+    return norms
+
+
+def one_vs_rest_targets(y_index: np.ndarray, k: int) -> np.ndarray:
+    """+-1 targets of the one-vs-rest problems: one column for 2 classes (class 1 positive), else k."""
+    if k == 2:
+        return np.where(y_index == 1, 1.0, -1.0)[:, None]
+    return np.where(y_index[:, None] == np.arange(k), 1.0, -1.0)
+
 class LinearHead(Head):
     """Normalise (``normalize``: 'l2' rows, 'standard' features, or 'none'), then ``X @ coef_.T + b``."""
 
@@ -113,9 +127,7 @@ class LinearHead(Head):
 
     def _normalized(self, Z: np.ndarray) -> np.ndarray:
         if self.normalize == "l2":
-            norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64)).astype(np.float32)
-            norms[norms == 0] = 1.0
-            return Z / norms[:, None]
+            return Z / _row_norms(Z).astype(np.float32)[:, None]
         if self.normalize == "standard":
             return (Z - self.mean_) / self.scale_
         return Z
@@ -124,9 +136,7 @@ class LinearHead(Head):
         """(A, scale) with the normalised rows equal to scale * A (scale None: A itself), so that row
         normalisation can be applied to products of A instead of to a copy of A."""
         if self.normalize == "l2":
-            norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
-            norms[norms == 0] = 1.0
-            return Z, 1.0 / norms
+            return Z, 1.0 / _row_norms(Z)
         return self._normalized(Z), None
 
     def _kernel(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from classifiers.base import GridPath, Rule, heads
-from classifiers.linear import LinearHead, gram_matrix, primal_weights
+from classifiers.linear import LinearHead, gram_matrix, one_vs_rest_targets, primal_weights
 from classifiers.threads import BlasThreads
 
 
@@ -66,9 +66,7 @@ class RidgeHead(LinearHead):
         return self._set_weights(W, Y.mean(axis=0) - mean @ W)
 
     def _targets(self, y_index: np.ndarray) -> np.ndarray:
-        if len(self.classes_) == 2:
-            return np.where(y_index == 1, 1.0, -1.0)[:, None]
-        return np.where(y_index[:, None] == np.arange(len(self.classes_)), 1.0, -1.0)
+        return one_vs_rest_targets(y_index, len(self.classes_))
 
     def _set_weights(self, W, intercept):
         self.coef_ = np.ascontiguousarray(W.T, dtype=np.float32)

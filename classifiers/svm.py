@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.svm import LinearSVC
 
 from classifiers.base import GridPath, Rule, heads
-from classifiers.linear import LinearHead, gram_matrix, primal_weights
+from classifiers.linear import LinearHead, gram_matrix, one_vs_rest_targets, primal_weights
 from classifiers.squared_hinge import SquaredHingeBatch
 
 # Narrow features (images >= dimensions) take the Gram path up to this many training images: its
@@ -83,10 +83,8 @@ class SVMHead(LinearHead):
             cw = np.array([float(self.class_weight.get(c, 1.0)) for c in classes.tolist()])
         else:
             cw = np.ones(k)
-        if k == 2:
-            return np.where(y_index == 1, 1.0, -1.0)[:, None], cw[y_index][:, None]
-        Y = np.where(y_index[:, None] == np.arange(k), 1.0, -1.0)
-        return Y, np.where(Y > 0, cw, 1.0)
+        Y = one_vs_rest_targets(y_index, k)
+        return Y, cw[y_index][:, None] if k == 2 else np.where(Y > 0, cw, 1.0)
 
     def _fit_gram(self, Z, y, y_index):
         A, scale = self._rows(Z)
