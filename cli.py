@@ -146,6 +146,10 @@ def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_
             click.echo(f"  {display(path)}: {reason}", err=True)
     if result.ignored and not quiet:
         click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
+    if result.left_out and not quiet:
+        click.echo(f"{len(result.left_out)} item(s) under {display(data)} not read:", err=True)
+        for path, reason in result.left_out:
+            click.echo(f"  {display(path)}: {reason}", err=True)
     if result.unlisted and not quiet:
         click.echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
                    f"e.g. {display(result.unlisted[0])} (add rows for them to include them)", err=True)
