@@ -122,7 +122,7 @@ def _expected(rows) -> dict[str, tuple[str, str]] | None:
 
 @SETTINGS
 @given(ROWS)
-@example([("a.png", "x\x1cy", ""), ("sub/b.png", "two\nlines", "dev"), ("c d.png", "cr\rin", "")])
+@example([("a.png", "x\x1cy", ""), ("sub/b.png", "two\nlines", "val"), ("c d.png", "cr\rin", "")])
 def test_a_labels_file_gives_exactly_its_rows_or_one_line_error(rows):
     with tempfile.TemporaryDirectory() as tmp:
         root = _data(tmp)
@@ -148,6 +148,8 @@ def test_a_labels_file_gives_exactly_its_rows_or_one_line_error(rows):
 @given(st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
                  st.builds(str.__add__, st.sampled_from(["path,label\n", "path,label,split\r\n", "label,path\n"]),
                            st.text(st.characters(blacklist_categories=("Cs",)), max_size=200))))
+@example('path,label\n"a\nb.png",\n')  # a quoted line break in a cell the message names
+@example('"pa\rth",label\na.png,x\n')  # ... and in the header
 def test_any_labels_text_gives_rows_or_one_line_error(text):
     with tempfile.TemporaryDirectory() as tmp:
         root = _data(tmp)
