@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from featcache.extract_config import DECODERS, POOLS  # noqa: E402  (import-light: no torch)
+from featcache.extract_config import DECODERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLS  # noqa: E402  (import-light: no torch)
 from featcache.views import AT_TEST  # noqa: E402  (standard library only)
 
 CACHE_DIR = click.option(
@@ -101,7 +101,7 @@ def main(debug: bool) -> None:
 @click.option("--pool", type=click.Choice(POOLS), default="none", show_default=True,
               help="Reduce the cut's output: avg/max over a map's positions or all tokens; for token sequences cls "
                    "(the class token) or avg_patch (the mean of the patch tokens, class and register tokens left out).")
-@click.option("--image-size", type=int, default=None, help="Crop size fed to the model [default: the weights' own].")
+@click.option("--image-size", type=int, default=None, help=f"Crop size fed to the model, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px [default: the weights' own].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
 @click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
 @click.option("--workers", type=CountOrAuto(0), default="auto", show_default=True, help="Decoding worker processes, or auto.")
@@ -146,6 +146,10 @@ def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_
             click.echo(f"  {display(path)}: {reason}", err=True)
     if result.ignored and not quiet:
         click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
+    if result.left_out and not quiet:
+        click.echo(f"{len(result.left_out)} item(s) under {display(data)} not read:", err=True)
+        for path, reason in result.left_out:
+            click.echo(f"  {display(path)}: {reason}", err=True)
     if result.unlisted and not quiet:
         click.echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
                    f"e.g. {display(result.unlisted[0])} (add rows for them to include them)", err=True)
@@ -486,7 +490,7 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A sweep TOML file instead of --model/--layer/--pool/--head/--param; --data, --cv, --test-size, --seed and --image-size override its values.")
-@click.option("--image-size", type=int, default=None, help="Crop size for every model [default: each weights' own].")
+@click.option("--image-size", type=int, default=None, help=f"Crop size for every model, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px [default: each weights' own].")
 @click.option("--cv", type=int, default=None, help="Folds, the same for every row [default: the file's, else 5].")
 @click.option("--test-size", type=float, default=None, help="Hold-out fraction when there is no test/ split [default: the file's, else 0.2].")
 @click.option("--seed", type=int, default=None, help="Seed of the split and folds shared by all rows [default: the file's, else 0].")

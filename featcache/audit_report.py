@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import progress, report
 from .audit import KIND_TITLES, AuditResult, Finding
-from .files import write_csv
+from .files import output_dir, write_csv
 from .gallery import Card, Thumbnails
 from .manifest import display
 
@@ -33,8 +33,7 @@ CSV_COLUMNS = ("finding", "kind", "severity", "action", "path", "label", "split"
 
 def write(result: AuditResult, out: Path, say: bool = True) -> list[Path]:
     """Write audit.md, audit.html (and its thumbs/) and audit.csv into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     csv_path = out / "audit.csv"
     _write_csv(result, csv_path)
     data_root = Path(result.config.data) if result.config.data else Path(result.feature_set.get("data_root") or ".")

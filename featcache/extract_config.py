@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from . import config
-from .errors import FeatcacheError
+from .errors import FeatcacheError, ModelError
 
 DTYPES = ("float16", "float32")
 # --pool: none keeps the layer's output; avg and max reduce a map's positions or all of a token sequence;
@@ -34,6 +34,32 @@ AUTO = "auto"
 # ``views`` enters only when it is not "none", so every id made before views existed is unchanged.
 IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft", "decode", "views")
 DECODERS = ("cpu", "gpu")
+# --image-size bounds. The largest crop of a common backbone is 1024 px (SAM's ViT; DINOv2 518, SigLIP
+# 896): 4096 leaves 4x headroom, and its crop is 48 MiB as uint8 (201 MiB as float32), so a decoding
+# worker's batch of 32 stays near 1.5 GiB. 100000 px wanted ~30 GB per image and an OOM kill.
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_size(size) -> int | None:
+    """``--image-size`` as a whole number of pixels within featcache's bounds (None: the weights' own).
+
+    The one rule for extract, sweep, predict and the Python API; a model's own floor (a vgg needs 32)
+    is found later by tracing it."""
+    if size is None:
+        return None
+    try:
+        number = None if isinstance(size, bool) else int(str(size).strip())
+    except ValueError:
+        number = None
+    if number is None:
+        raise ModelError(f"--image-size {size!r} is not a whole number of pixels: e.g. --image-size 224")
+    if number < MIN_IMAGE_SIZE:
+        raise ModelError(f"--image-size {number} is too small: featcache takes crops of at least {MIN_IMAGE_SIZE} pixels")
+    if number > MAX_IMAGE_SIZE:
+        raise ModelError(f"--image-size {number} is too large: featcache takes crops of at most {MAX_IMAGE_SIZE} pixels "
+                         f"(one {number} px crop alone is {3 * number * number / 2**30:.1f} GiB); use {MAX_IMAGE_SIZE} or less")
+    return number
 
 
 def count_or_auto(value, flag: str, minimum: int) -> int | str:
@@ -122,8 +148,7 @@ class ExtractConfig:
         if self.views != "none" and self.decode == "gpu":
             raise FeatcacheError("--views cuts views from the image decoded in the CPU workers; --decode gpu does not "
                                  "support it: use --decode cpu with --views")
-        if self.image_size is not None:
-            set_("image_size", int(self.image_size))
+        set_("image_size", check_image_size(self.image_size))
         set_("batch_size", count_or_auto(self.batch_size, "--batch-size", 1))
         set_("workers", count_or_auto(self.workers, "--workers", 0))
         set_("streams", count_or_auto(self.streams, "--streams", 1))

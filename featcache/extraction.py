@@ -22,7 +22,8 @@ from . import cache, config, fingerprint, progress
 from .backbones.spec import ExtractorSpec
 from .errors import CacheError
 from .extract_config import ExtractConfig, Resolved, parse_shard, resolve  # noqa: F401  (parse_shard: re-exported)
-from .manifest import Manifest, hash_files, scan
+from .files import output_dir
+from .manifest import SPLITS, Manifest, display, hash_files, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, write_isolated
 
@@ -43,6 +44,11 @@ class ExtractResult:
     ignored: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)  # images under --data that the --labels file leaves out
     views: int = 1  # rows per image
+    class_names: list[str] = field(default_factory=list)  # as read from the folder layout or --labels ([]: unlabelled)
+    splits: dict[str, int] = field(default_factory=dict)  # images per split folder ({}: no split layout)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why): under --data but not read
+
+    SHOWN_CLASSES = 5  # names in the summary line; --json has them all
 
     def open(self) -> FeatureSet:
         return FeatureSet(self.path)
@@ -58,12 +64,22 @@ class ExtractResult:
         rows = f"{self.n_rows // self.views} images x {self.views} views" if self.views > 1 else str(self.n_rows)
         return (
             f"feature set {self.id}: {rows} x {shape} -> {self.path} "
-            f"({how}{', ' + ', '.join(extra) if extra else ''}; {len(self.skipped)} skipped)"
+            f"({how}{', ' + ', '.join(extra) if extra else ''}; {len(self.skipped)} skipped); {self.reading()}"
         )
 
-    def to_dict(self) -> dict:
-        from .manifest import display
+    def reading(self) -> str:
+        """How the folder was read (classes, splits), so a layout read as something else shows at once."""
+        if not self.class_names:
+            return "unlabelled (no class folders)"
+        names = [display(c) for c in self.class_names[:self.SHOWN_CLASSES]]
+        more = len(self.class_names) - len(names)
+        text = f"{len(self.class_names)} class{'es' if len(self.class_names) != 1 else ''}: {', '.join(names)}"
+        text += f", ... ({more} more)" if more else ""
+        if self.splits:
+            text += "; splits: " + ", ".join(f"{name} {n}" for name, n in self.splits.items())
+        return text
 
+    def to_dict(self) -> dict:
         return {
             "id": self.id, "path": str(self.path), "rows": self.n_rows, "views": self.views, "feature_shape": list(self.feature_shape),
             "cache_hit": self.cache_hit, "extracted": self.extracted, "reused": self.reused, "resumed": self.resumed,
@@ -71,6 +87,8 @@ class ExtractResult:
             "skipped": [{"path": display(p), "reason": r} for p, r in self.skipped],
             "ignored": [display(p) for p in self.ignored],
             "unlisted": [display(p) for p in self.unlisted],
+            "class_names": [display(c) for c in self.class_names], "splits": self.splits,
+            "left_out": [{"path": display(p), "reason": r} for p, r in self.left_out],
         }
 
 
@@ -157,7 +175,7 @@ def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, 
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
             extracted=ran.extracted, reused=reused, resumed=resumed, seconds=time.perf_counter() - started,
             images_per_second=(ran.extracted / ran.seconds) if ran.extracted and ran.seconds > 0 else None,
-            ignored=plan.manifest.ignored, unlisted=plan.manifest.unlisted, views=plan.views.count,
+            views=plan.views.count, **read_from(plan.manifest),
         )
 
 
@@ -263,9 +281,15 @@ def _cache_hit(plan: Plan, started: float) -> ExtractResult | None:
             raise CacheError(f"{plan.final} holds feature set {fs.id}, not {plan.id}: remove it with `featcache cache rm {plan.final.stem}`")
         return ExtractResult(
             id=plan.id, path=plan.final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
-            cache_hit=True, seconds=time.perf_counter() - started, ignored=plan.manifest.ignored,
-            unlisted=plan.manifest.unlisted, views=fs.n_views,
+            cache_hit=True, seconds=time.perf_counter() - started, views=fs.n_views, **read_from(plan.manifest),
         )
+
+
+def read_from(manifest: Manifest) -> dict:
+    """The ``ExtractResult`` fields that say how the folder was read."""
+    return {"ignored": manifest.ignored, "unlisted": manifest.unlisted, "left_out": manifest.left_out,
+            "class_names": manifest.class_names,
+            "splits": {name: manifest.splits.count(name) for name in SPLITS if name in manifest.splits}}
 
 
 def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, staging: Staging, say: bool) -> int:
@@ -301,7 +325,7 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
 
 def ensure_writable(root: Path) -> Path:
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        output_dir(root, cache=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
             pass
     except OSError as err:

@@ -3,6 +3,12 @@
 Every featcache file (staged batches, feature sets, run files, memo files) is written to a
 temporary name in the same folder and moved into place with ``os.replace``: readers see the old
 file or the new one, never half of one.
+
+Every folder featcache writes its outputs into (cache, runs, sweeps, audit and comparison folders)
+is made by ``output_dir``, which leaves a marker in it: a data folder may hold them (``extract
+--data .`` run where ``fit`` writes ``runs/``), and ``manifest.scan`` must never read featcache's
+own plots and thumbnails as images. ``output_kind`` recognises a folder by its marker, by the
+standard cache tag, or by the files older versions left in it before the marker existed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+OUTPUT_MARKER = ".featcache-output"
+# https://bford.info/cachedir/: backup and archiving tools skip a folder holding this tag.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+# The files older featcache versions left in their output folders, before the marker: a run, a
+# sweep, an audit, a comparison of runs.
+OLDER_OUTPUTS = (("run", {"checksums.json", "params.json"}), ("sweep", {"sweep.json"}),
+                 ("audit", {"audit.csv", "audit.html"}), ("comparison", {"comparison.md", "comparison.html"}))
 
 
 def temp_name(path: Path) -> Path:
@@ -60,6 +75,41 @@ def write_json(path: Path, obj, indent: int | None = 2) -> Path:
 
 def save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_save(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def output_dir(path: str | os.PathLike, cache: bool = False) -> Path:
+    """``path`` (made, with its parents, if missing), marked as featcache's output so no scan reads it.
+
+    A cache folder that featcache creates also gets the standard CACHEDIR.TAG; one that existed
+    before is the user's folder, and tagging it would make backup tools skip whatever else it holds.
+    """
+    path = Path(path)
+    created = not path.is_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / OUTPUT_MARKER).is_file():
+        atomic_write(path / OUTPUT_MARKER, "featcache writes its outputs here; it never reads this folder as image data.\n")
+    if cache and created:
+        atomic_write(path / CACHEDIR_TAG, CACHEDIR_SIGNATURE.decode() + "\n# This file is a cache directory tag created by "
+                     "featcache.\n# For information about cache directory tags, see https://bford.info/cachedir/\n")
+    return path
+
+
+def output_kind(folder: str | os.PathLike, names: set[str]) -> str | None:
+    """Why ``folder``, which holds the entries ``names``, is output rather than data (None: it is data)."""
+    if OUTPUT_MARKER in names:
+        return f"featcache's own output (holds {OUTPUT_MARKER})"
+    if CACHEDIR_TAG in names:
+        try:
+            with open(os.path.join(folder, CACHEDIR_TAG), "rb") as f:
+                tagged = f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            tagged = False
+        if tagged:
+            return f"a cache folder (holds {CACHEDIR_TAG})"
+    for kind, files in OLDER_OUTPUTS:
+        if files <= names:
+            return f"a featcache {kind} folder (holds {', '.join(sorted(files))})"
+    return None
 
 
 def sha256_file(path: Path) -> str:

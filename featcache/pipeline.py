@@ -19,6 +19,7 @@ from classifiers import get_head
 from . import cache as cache_mod
 from . import config, progress
 from .errors import CacheError, DataError, FeatcacheError
+from .files import output_dir
 from .manifest import diff, scan
 from .params import check_grid
 from .search import grid_search
@@ -259,8 +260,8 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     test_images = split.test_rows[::n_views]  # with views: each image's first row
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
                    for row, t, p, c in zip(test_images, y_test[::n_views], predicted, confidence)]
-    path = Path(run_dir) if run_dir else runs.new_run_dir(config.runs_dir(runs_dir), head, data.meta["id"])
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(run_dir) if run_dir else runs.new_run_dir(output_dir(config.runs_dir(runs_dir)), head, data.meta["id"])
+    output_dir(path)
     from .run_gallery import MAP_FILE, write_map
 
     # The map shows images: with views, each image's first row (the plain crop), its per-image prediction.

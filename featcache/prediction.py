@@ -18,7 +18,7 @@ import numpy as np
 from . import cache, config, progress, tuning
 from .errors import CacheError, FeatcacheError, RunError
 from .extract_config import ExtractConfig, count_or_auto
-from .manifest import IMAGE_EXTENSIONS, _walk_files, display
+from .manifest import IMAGE_EXTENSIONS, display, files_under, problem
 from .runs import load_run
 from .store import FeatureSet
 
@@ -34,22 +34,27 @@ class Prediction:
         return {"path": display(self.path), "label": self.label, "confidence": self.confidence, "error": self.error}
 
 
-def collect(inputs) -> list[str]:
+def collect(inputs) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files under ``inputs`` (files or folders, walked by the rules of a scan), and what was
+    passed over in those folders (path, why)."""
     files: list[str] = []
+    passed_over: list[tuple[str, str]] = []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            found = [f for f in _walk_files(Path(item)) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+            under, left_out = files_under(item)
+            found = [f for f in under if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+            passed_over += [(os.path.join(item, rel), why) for rel, why in left_out]
             if not found:
-                raise FeatcacheError(f"no images in {item} ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...)")
+                raise FeatcacheError(f"no images in {display(item)} ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...)")
             files += found
         elif os.path.lexists(item):
             files.append(item)
         else:
-            raise FeatcacheError(f"{item} does not exist: give image files or folders")
+            raise FeatcacheError(f"{display(item)} does not exist: give image files or folders")
     if not files:
         raise FeatcacheError("no images given: featcache predict IMAGE_OR_DIR... --run RUN")
-    return files
+    return files, passed_over
 
 
 def feature_set_of(run, cache_dir=None) -> Path:
@@ -121,7 +126,9 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
         precision = "fp32"
     batch_size = count_or_auto(batch_size, "--batch-size", 1)
     workers = count_or_auto(workers, "--workers", 0)
-    files = collect(inputs)
+    files, passed_over = collect(inputs)
+    # Checked as extract checks its files: a FIFO is never opened (it would block), a broken link says so.
+    known_bad = {i: why for i, f in enumerate(files) if (why := problem(f))}
     head = run.head()
     forward = engine.Forward(spec, dev, precision)
     bs = batch_size if batch_size != "auto" else tuning.batch_size(spec.backbone.arch, dev)
@@ -133,7 +140,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
         jpeg.check_available(dev)
     # With views each image is cut into the same views as at extraction and the head's outputs are
     # averaged as the run was scored (``views_at_test``).
-    loader = engine.batches(files, list(range(len(files))), {}, spec.backbone.preprocess, decode, options, views)
+    loader = engine.batches(files, list(range(len(files))), known_bad, spec.backbone.preprocess, decode, options, views)
     at_test = run.params.views_at_test or "mean"
     names = run.params.class_names
     results: dict[int, Prediction] = {}
@@ -148,4 +155,4 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
                 results[i] = Prediction(files[i], names[int(label)], float(c))
         bar.update(len(index) + len(bad))
     bar.close()
-    return [results[i] for i in range(len(files))]
+    return [results[i] for i in range(len(files))] + [Prediction(p, None, None, why) for p, why in passed_over]

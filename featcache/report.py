@@ -16,6 +16,7 @@ import numpy as np
 
 from . import run_gallery
 from .errors import RunError
+from .files import output_dir
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt) | ("cards", [gallery.Card])
 
@@ -308,5 +309,5 @@ def plot_comparison(runs: list, out: Path) -> Path:
 def render_comparison(runs: list, out: Path) -> tuple[Path, Path]:
     if len(runs) < 2:
         raise RunError("compare needs at least two runs")
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     return write(out, "comparison", compare_blocks(runs, out), f"featcache: {len(runs)} runs side by side")

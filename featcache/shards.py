@@ -14,7 +14,7 @@ import numpy as np
 
 from . import cache, config
 from .errors import CacheError
-from .extraction import ExtractResult
+from .extraction import ExtractResult, read_from
 from .store import FeatureSet, write_isolated
 
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_start", "shard_stop")
@@ -76,7 +76,8 @@ def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool
         for f in files:
             f.unlink()
     with FeatureSet(final) as fs:
-        return ExtractResult(id=fsid, path=final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped)
+        return ExtractResult(id=fsid, path=final, n_rows=len(fs), feature_shape=fs.feature_shape, skipped=fs.skipped,
+                             **read_from(fs.manifest()))
 
 
 def merged_hashes(manifests: list) -> list[str] | None:

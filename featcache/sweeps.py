@@ -30,7 +30,7 @@ from classifiers.registry import UnknownName
 from . import config, fingerprint, progress
 from .errors import FeatcacheError
 from .extract_config import ExtractConfig
-from .files import write_json
+from .files import output_dir, write_json
 from .params import check_grid, parse_params
 
 SWEEP_FILE = "sweep.json"
@@ -219,8 +219,10 @@ def sweep(data=None, models=None, layers=None, pools=None, heads=None, params=No
         plan = (plan_from_toml(config_file, data, cv, test_size, seed, image_size) if config_file
                 else plan_from_options(data, models, layers, pools, heads, params, image_size, cv, test_size, seed, views))
     validate(plan)
-    out = Path(out) if out else default_out(plan)
-    out.mkdir(parents=True, exist_ok=True)
+    if not out:
+        out = default_out(plan)
+        output_dir(out.parent)  # ./sweeps: every default sweep folder's parent
+    out = output_dir(out)
     state_path = out / SWEEP_FILE
     state = {"plan": plan.key(), "rows": {}}
     if state_path.is_file():

@@ -195,6 +195,7 @@ def test_the_cli_prints_one_screen_and_json_carrying_the_same_counts(planted):
     r = run_cli("audit", "--cache-dir", root / "cache", "--out", root / "cli-audit", "-q", cwd=root)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # --quiet: no progress bars
+    assert (root / "cli-audit" / ".featcache-output").is_file()  # a scan never reads its thumbnails as data
     lines = r.stdout.splitlines()
     assert len(lines) <= 25 and lines[0].startswith(f"audit of feature set {planted['id']}")
     assert re.search(r"groups across the test split\s+2$", r.stdout, re.M)

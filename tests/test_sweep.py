@@ -109,6 +109,7 @@ C = [1.0]
     r = run_cli("sweep", "--config", cfg, "--out", tmp_path / "sw", "--cache-dir", tmp_path / "c", "-q")
     assert r.returncode == 0, r.stderr
     assert sorted(row["layer"] for row in _rows(tmp_path / "sw")) == ["layer3", "layer4"]
+    assert (tmp_path / "sw" / ".featcache-output").is_file()  # a scan never reads a sweep as data
     for row in json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"].values():  # the file's data, not ./data
         with featcache.open_features(row["feature_set"], tmp_path / "c") as fs:
             assert fs.meta["data_root"] == str(data.resolve()) and len(fs) == 27

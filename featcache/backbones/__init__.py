@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from classifiers.registry import Registry, unknown_message
 
 from ..errors import FeatcacheError, ModelError
+from ..extract_config import check_image_size
 from . import graph
 from . import weights as w
 from .family import Family
@@ -72,9 +73,8 @@ def resolve(
     family, arch = family_of(model)
     chosen = weights_for(family, arch, weights)
     preprocess = family.preprocess(arch, chosen)
+    image_size = check_image_size(image_size)
     if image_size is not None:
-        if image_size < graph.MIN_IMAGE_SIZE:
-            raise ModelError(f"--image-size {image_size} is too small: featcache takes crops of at least {graph.MIN_IMAGE_SIZE} pixels")
         preprocess = preprocess.with_image_size(image_size)
     layer, shape, tokens = _cut(family, family.architecture(arch, chosen), preprocess.crop_size, layer, pool, model)
     backbone = Backbone(name=model, family=family.name, arch=arch, weights=chosen, preprocess=preprocess)

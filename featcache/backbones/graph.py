@@ -21,7 +21,6 @@ from ..extract_config import POOLS
 from .spec import Tokens
 
 TOKEN_POOLS = ("cls", "avg_patch")  # they need to know where a token sequence's patch tokens start
-MIN_IMAGE_SIZE = 8  # featcache's floor for --image-size; a model's own floor is found by tracing
 _TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
 _POOL_FUNCTIONS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten", "mean")
