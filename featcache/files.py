@@ -8,14 +8,18 @@ file or the new one, never half of one.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from .errors import FeatcacheError
 
 
 def temp_name(path: Path) -> Path:
@@ -60,6 +64,33 @@ def write_json(path: Path, obj, indent: int | None = 2) -> Path:
 
 def save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_save(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def writable_dir(path: Path, what: str, fix: str, create: bool = True, error: type[FeatcacheError] = FeatcacheError) -> Path:
+    """``path`` as a folder featcache can write into, or one line naming the folder, why not, and ``fix``.
+
+    ``create``: make it (with its parents) and write a probe file in it, the proof that counts;
+    otherwise only look, creating nothing, so a command can fail before its long part rather than after.
+    """
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+            return path
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(errno.EEXIST, "a file of that name is in the way")
+        parent = next(p for p in (path, *path.absolute().parents) if os.path.lexists(p))
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{parent} is read-only for you" if parent != path else "Permission denied")
+    except OSError as err:
+        reason = {errno.EEXIST: "a file of that name is in the way", errno.ENOTDIR: "part of the path is a file, not a folder"}
+        why = err.strerror if not create or err.errno not in reason else reason[err.errno]
+        raise error(f"the {what} {path} is not writable ({why or err}): {fix}") from None
+    return path
 
 
 def sha256_file(path: Path) -> str:
