@@ -285,7 +285,7 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
     try:
         old = open_verified(donor)
     except CacheError as err:  # its rows would enter the new set under a fresh hash: never reuse altered ones
-        progress.say(f"note: not reusing rows of feature set {donor.stem}: {err}", say)
+        progress.say(f"note: not reusing rows of feature set {donor.stem}: {getattr(err, 'reason', err)}", say)
         return 0
     with old:
         signatures = old.manifest_signatures()

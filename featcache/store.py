@@ -20,7 +20,7 @@ A file only ever appears under its final name by ``os.replace`` from a temporary
 row and attribute is written, so a file under a final name is complete; ``complete`` is checked too.
 
 Every reader of rows goes through ``check`` (``open_verified``): the structure, the content hash and
-the rows' agreement with the manifest, verified once per file state and remembered (``Verified``).
+the rows' agreement with the manifest, verified once per state of the file and remembered (``_memo_*``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class ContentDigest:
 
     def __init__(self, version: int = CONTENT_HASH_VERSION):
         if version not in (1, 2):
-            raise CacheError(f"content hash version {version} is newer than this featcache: upgrade featcache")
+            raise CacheError(f"content hash version {version!r} is unknown to this featcache"
+                             + (": upgrade featcache" if isinstance(version, int) and version > 2 else ""))
         self.version = version
         self._digest = hashlib.sha256()
 
@@ -579,9 +580,8 @@ def _agreement(fs: "FeatureSet") -> list[str]:
 def problems(fs: "FeatureSet", features: np.ndarray | None = None) -> list[str]:
     """Everything wrong with an open feature set, reading every row (or hashing ``features``, the rows
     already in memory). The one definition of "damaged": ``check`` and ``verify`` both use it."""
-    version = fs.meta.get("content_hash_version", 1)
     try:
-        digest = ContentDigest(version if isinstance(version, int) else -1)
+        digest = ContentDigest(fs.meta.get("content_hash_version", 1))
     except CacheError as err:
         return [str(err)]
     try:
@@ -702,9 +702,10 @@ def _text(v) -> str:
 
 def _h5_reason(err: Exception) -> str:
     text = str(err)
-    for hint in ("truncated", "signature", "checksum", "Fletcher32", "bad object header", "file locking"):
+    for hint in ("truncated", "signature", "checksum", "Fletcher32", "filter returned failure", "bad object header", "file locking"):
         if hint.lower() in text.lower():
             if hint == "file locking":
                 return "HDF5 file locking failed; on network filesystems set HDF5_USE_FILE_LOCKING=FALSE"
-            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch"}.get(hint, hint)
+            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch",
+                    "filter returned failure": "a chunk fails its checksum or decompression"}.get(hint, hint)
     return text.splitlines()[0][:120] if text else type(err).__name__

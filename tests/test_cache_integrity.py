@@ -21,7 +21,7 @@ import pytest
 import featcache
 from featcache import cache, store
 from featcache.errors import CacheError, DamagedError, FeatcacheError
-from tests.conftest import cli_env, featcache as run_cli, make_images, without_root_privileges
+from tests.conftest import as_written_before_versioning, cli_env, featcache as run_cli, make_images, without_root_privileges
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=4)
 CLI_FAST = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
@@ -58,17 +58,6 @@ def one_line(r) -> str:
     text = r.stderr.strip()
     assert r.returncode == 1 and "\n" not in text and "Traceback" not in text and "internal error" not in text, r.stderr
     return text
-
-
-def as_written_before_versioning(path):
-    """Turn a file into what featcache wrote before the hash was versioned: the same datasets, no
-    ``content_hash_version``, and the old formula (feature bytes, then labels, then row index)."""
-    with h5py.File(path, "r+") as f:
-        del f.attrs["content_hash_version"]
-        digest = hashlib.sha256(f["features"][()].tobytes())
-        digest.update(f["labels"][()].astype(np.int32).tobytes())
-        digest.update(f["index"][()].astype(np.int64).tobytes())
-        f.attrs["content_sha256"] = digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ cache rm
