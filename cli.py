@@ -242,7 +242,7 @@ def cache_info(ref, cache_dir, as_json):
     """Everything recorded about one feature set (id, id prefix or path)."""
     from featcache.cache import open_features
 
-    with open_features(ref, cache_dir) as fs:
+    with open_features(ref, cache_dir, verify=False) as fs:  # shows what is recorded, damaged or not
         meta = {**fs.meta, "path": str(fs.path), "class_names": fs.class_names, "skipped": len(fs.skipped)}
     if as_json:
         click.echo(json.dumps(meta, indent=2, default=str))
@@ -352,8 +352,10 @@ def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet,
     """Find exact and near duplicates, leaks across the test split and CV folds, conflicting labels, likely
     label errors and outliers in a cached feature set (the backbone is not run again)."""
     from featcache.audit import AuditConfig, audit as run_audit
-    from featcache.audit_report import summary, write
+    from featcache.audit_report import OUT_FIX, summary, write
+    from featcache.files import writable_dir
 
+    writable_dir(out, "audit folder", OUT_FIX, create=False)  # before the audit, not after it
     cfg = AuditConfig(features=features, cache_dir=cache_dir, data=data, threshold=threshold, cv=cv, test_size=test_size,
                       seed=seed)
     result = run_audit(cfg, progress_bar=not quiet)

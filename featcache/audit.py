@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from . import cache, config, progress
-from .errors import CacheError, FeatcacheError
+from .errors import FeatcacheError
 from .manifest import UNLABELLED, Manifest, display, hash_files
-from .store import FeatureSet
+from .store import FeatureSet, open_verified
 
 KINDS = ("exact_duplicate", "near_duplicate", "label_error", "outlier")
 KIND_TITLES = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate", "label_error": "likely label error",
@@ -372,7 +372,7 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
     seconds: dict[str, float] = {}
     notes: list[str] = []
     clock = time.perf_counter()
-    with FeatureSet(path) as fs:
+    with open_verified(path) as fs:
         meta = fs.meta
         if cfg.features is None:
             progress.say(f"auditing feature set {fs.id} ({meta['model']} {meta['layer']} pool={meta['pool']}, "
@@ -383,9 +383,6 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
         bar = progress.bar(len(fs), "read features", say)
         try:
             X = pooled(fs, bar)
-        except OSError as err:  # a damaged chunk fails its fletcher32 checksum
-            raise CacheError(f"feature set {fs.id} is corrupted ({str(err).splitlines()[0][:80]}): "
-                             f"`featcache cache rm {fs.id}` and run `featcache extract` again") from None
         finally:
             bar.close()
         if fs.n_views > 1:  # augmented views of one image are near-duplicates by design: audit the plain crops

@@ -18,6 +18,7 @@ from .gallery import Card, Thumbnails
 from .manifest import display
 
 MAX_CARDS = 200  # per section on the page; audit.csv lists every finding
+OUT_FIX = "choose another folder with --out, or make it writable"
 COUNT_ROWS = (
     ("exact_duplicate_groups", "exact duplicate groups", "files with the same bytes"),
     ("near_duplicate_groups", "near duplicate groups", "re-encoded, resized or slightly cropped copies (similarity at or above the threshold)"),
@@ -33,7 +34,7 @@ CSV_COLUMNS = ("finding", "kind", "severity", "action", "path", "label", "split"
 
 def write(result: AuditResult, out: Path, say: bool = True) -> list[Path]:
     """Write audit.md, audit.html (and its thumbs/) and audit.csv into ``out``."""
-    out = output_dir(out)
+    out = output_dir(out, what="audit folder", fix=OUT_FIX)
     csv_path = out / "audit.csv"
     _write_csv(result, csv_path)
     data_root = Path(result.config.data) if result.config.data else Path(result.feature_set.get("data_root") or ".")

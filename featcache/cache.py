@@ -11,13 +11,44 @@ from pathlib import Path
 from . import config, progress
 from .errors import CacheError
 from .staging import Staging
-from .store import SUFFIX, FeatureSet, peek, verify
+from .store import SUFFIX, FeatureSet, open_verified, peek, verify
 
 SHARD_MARK = ".shard-"
+# An id prefix needs this many characters: an unset shell variable ("") or a stray letter would
+# otherwise name every feature set, and `cache rm` would delete them.
+MIN_PREFIX = 4
 
 
 def file_stem(fsid: str, shard: tuple[int, int] | None = None) -> str:
     return f"{fsid}{SHARD_MARK}{shard[0]}-of-{shard[1]}" if shard else fsid
+
+
+def _shown(ref: str) -> str:
+    """User text in a message: quoted, escaped (repr: control characters too), and short."""
+    text = repr(ref)
+    return text if len(text) <= 60 else text[:56] + "...'"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
+        return False
+
+
+def _lock_holder(lock_file: Path) -> int | None:
+    """The pid holding a lock file's flock, from /proc/locks (Linux); None where that cannot be told."""
+    try:
+        st = lock_file.stat()
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 @contextlib.contextmanager
@@ -83,30 +114,54 @@ def entries(root: Path | None = None) -> list[Entry]:
     return out
 
 
+def _named(ref: str, listed: list[Entry]) -> list[Entry]:
+    """The entries ``ref`` names: by file name (``ID.h5``, ``ID.partial``, a shard's file), by the path
+    of one, or by id or an id prefix of at least MIN_PREFIX characters. Anything shorter is refused."""
+    if not ref.strip():
+        raise CacheError("empty feature-set id (an unset shell variable?): give an id or a unique prefix of at least "
+                         f"{MIN_PREFIX} characters from `featcache cache list`, or the path of a feature-set file")
+    by_name = [e for e in listed if ref in (e.path.name, str(e.path))]
+    if not by_name and (os.sep in ref or ref.endswith(SUFFIX)) and _exists(Path(ref)):
+        where = os.path.realpath(ref)
+        by_name = [e for e in listed if os.path.realpath(e.path) == where]
+    if by_name:
+        return by_name
+    if len(ref) < MIN_PREFIX:
+        raise CacheError(f"feature-set id {_shown(ref)} is too short: give at least {MIN_PREFIX} characters of an id "
+                         "from `featcache cache list` (or the whole id)")
+    return [e for e in listed if e.id.startswith(ref)]
+
+
 def find(ref: str | os.PathLike, root: Path | None = None) -> Path:
-    """A feature-set file from a path, an id or a unique id prefix."""
-    path = Path(ref)
-    if path.suffix == SUFFIX or path.exists():
-        if not path.exists():
-            raise CacheError(f"feature set {path} does not exist: see `featcache cache list`")
-        return path
+    """A complete feature-set file from a path, an id or a unique id prefix (``_named``)."""
+    text = os.fsdecode(ref) if isinstance(ref, bytes) else os.fspath(ref)
     root = config.cache_dir(root)
-    ref = str(ref)
-    listed = [e for e in entries(root) if e.id.startswith(ref)]  # one pass: each file's attributes read once
+    path = Path(text) if text.strip() else None
+    if path is not None and (path.suffix == SUFFIX or _exists(path)):
+        if not _exists(path) and _exists(root / path) and path.name == text:
+            path = root / path  # a file name from the cache, as `cache list --json` shows it
+        if path.is_dir():
+            raise CacheError(f"{_shown(text)} is a folder, not a feature set: give a feature-set id from "
+                             "`featcache cache list`, or the path of its .h5 file")
+        if not _exists(path):
+            raise CacheError(f"feature set {_shown(text)} does not exist: see `featcache cache list`")
+        return path
+    listed = _named(text, entries(root))  # one pass: each file's attributes read once
     complete = [e for e in listed if e.state == "complete"]
     if len(complete) == 1:
         return complete[0].path
     if len(complete) > 1:
-        raise CacheError(f"feature-set id {ref!r} is ambiguous ({', '.join(e.id for e in complete[:4])}): give more characters")
+        raise CacheError(f"feature-set id {_shown(text)} is ambiguous ({', '.join(e.id for e in complete[:4])}): give more characters")
     partial = [e for e in listed if e.state in ("partial", "shard", "unreadable")]
     if partial:
         e = partial[0]
         if e.state == "unreadable":
-            raise CacheError(f"feature set {e.id} is corrupted: `featcache cache rm {e.id}` and extract again")
+            raise CacheError(f"feature set {e.id} is corrupted (`featcache cache verify {e.id}` says how): "
+                             f"`featcache cache rm {e.id}` and run `featcache extract` again (the same extract command also replaces it)")
         what = "an interrupted extraction" if e.state == "partial" else "one shard of a sharded extraction"
         fix = "run the same `featcache extract` again to resume it" if e.state == "partial" else "extract every shard, then `featcache cache merge " + e.id + "`"
         raise CacheError(f"feature set {e.id} is incomplete ({what}): {fix}")
-    raise CacheError(f"no feature set {ref!r} in {root}: see `featcache cache list`, or run `featcache extract`")
+    raise CacheError(f"no feature set {_shown(text)} in {root}: see `featcache cache list`, or run `featcache extract`")
 
 
 def latest(root: Path | None = None) -> Path:
@@ -149,32 +204,89 @@ def known_hashes(root: Path, data_root: str) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def open_features(ref: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> FeatureSet:
-    """Open a feature set by path, id or id prefix; the newest complete one when ``ref`` is None."""
+def open_features(ref: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                  verify: bool = True) -> FeatureSet:
+    """Open a feature set by path, id or id prefix; the newest complete one when ``ref`` is None.
+    ``verify``: pass the integrity check readers of rows need (False: attributes and structure only)."""
     root = config.cache_dir(cache_dir)
-    return FeatureSet(latest(root) if ref is None else find(ref, root))
+    path = latest(root) if ref is None else find(ref, root)
+    return open_verified(path) if verify else FeatureSet(path)
 
 
 def remove(ref: str, root: Path | None = None) -> list[Path]:
+    """Delete every file of the one feature set ``ref`` names (``_named``): complete, partial, shards.
+    Refused while an extraction of it holds its lock, and when ``ref`` names several sets or none."""
     root = config.cache_dir(root)
-    matches = [e for e in entries(root) if e.id.startswith(ref) or e.path.name == ref]
+    text = os.fsdecode(ref) if isinstance(ref, bytes) else os.fspath(ref)
+    matches = _named(text, entries(root))
     ids = {e.id for e in matches}
     if not matches:
-        raise CacheError(f"no feature set {ref!r} in {root}: see `featcache cache list`")
+        raise CacheError(f"no feature set {_shown(text)} in {root}: see `featcache cache list`")
     if len(ids) > 1:
-        raise CacheError(f"feature-set id {ref!r} is ambiguous ({', '.join(sorted(ids)[:4])}): give more characters")
+        raise CacheError(f"feature-set id {_shown(text)} is ambiguous ({', '.join(sorted(ids)[:4])}): give more characters")
+    names = {e.path.name.removesuffix(SUFFIX).removesuffix(".partial") for e in matches} | ids
     removed = []
-    for e in matches:
-        if e.path.is_dir():
-            shutil.rmtree(e.path)
-        else:
-            e.path.unlink()
-        removed.append(e.path)
+    with _unlocked(root, sorted(names)):
+        for e in matches:
+            try:
+                if e.path.is_dir():
+                    shutil.rmtree(e.path)
+                else:
+                    e.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise CacheError(
+                    f"cannot remove {e.path} ({err.strerror or err}): the cache dir {root} is not writable for you; "
+                    f"make it writable (or ask its owner), then run `featcache cache rm {e.id}` again"
+                    + (f" ({len(removed)} file(s) of it already removed)" if removed else "")
+                ) from None
+            removed.append(e.path)
     return removed
+
+
+@contextlib.contextmanager
+def _unlocked(root: Path, names: list[str]):
+    """Hold the extraction locks of ``names`` (as ``lock`` takes them) while files are deleted; refuse at
+    once if a writer holds one: deleting under it lost its work and crashed it."""
+    from filelock import FileLock, Timeout
+
+    held = []
+    try:
+        for name in names:
+            lock_file = FileLock(str(root / f"{name}.lock"))
+            try:
+                lock_file.acquire(timeout=0)
+            except Timeout:
+                pid = _lock_holder(root / f"{name}.lock")
+                raise CacheError(
+                    f"feature set {name} is being extracted by another featcache process{f' (pid {pid})' if pid else ''}: "
+                    "wait for it to finish or stop it, then run `featcache cache rm` again"
+                ) from None
+            except OSError as err:
+                raise CacheError(
+                    f"cannot remove feature set {name}: the cache dir {root} is not writable for you ({err.strerror or err}); "
+                    "make it writable (or ask its owner), then run `featcache cache rm` again"
+                ) from None
+            held.append((lock_file, name))
+        yield
+    finally:
+        for lock_file, name in reversed(held):
+            lock_file.release()
+            with contextlib.suppress(OSError):
+                (root / f"{name}.lock").unlink()
 
 
 def check(ref: str | None = None, root: Path | None = None) -> dict[Path, list[str]]:
     """Deep-verify one or every feature-set file: {path: problems}."""
     root = config.cache_dir(root)
-    targets = [find(ref, root)] if ref else [e.path for e in entries(root) if e.state != "partial"]
+    if not ref:
+        targets = [e.path for e in entries(root) if e.state != "partial"]
+    else:
+        try:
+            targets = [find(ref, root)]
+        except CacheError:  # a file that cannot even be opened is what verify is for
+            targets = [e.path for e in _named(os.fspath(ref), entries(root)) if e.state == "unreadable"][:1]
+            if not targets:
+                raise
     return {p: verify(p) for p in targets}

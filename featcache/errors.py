@@ -29,6 +29,15 @@ class CacheError(FeatcacheError):
     """A feature set is missing, incomplete, stale, corrupted, locked or cannot be written."""
 
 
+class DamagedError(CacheError):
+    """A feature-set file whose structure, attributes or content hash are wrong. ``reason`` is the
+    damage alone, for callers that act on it (re-extract replaces the file) instead of stopping."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class ImageDecodeError(FeatcacheError):
     """One image cannot be decoded; with ``--on-error fail`` this stops extraction."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -20,12 +19,12 @@ import numpy as np
 
 from . import cache, config, fingerprint, progress
 from .backbones.spec import ExtractorSpec
-from .errors import CacheError
+from .errors import CacheError, DamagedError
 from .extract_config import ExtractConfig, Resolved, parse_shard, resolve  # noqa: F401  (parse_shard: re-exported)
 from .files import output_dir
 from .manifest import SPLITS, Manifest, display, hash_files, scan
 from .staging import Staging
-from .store import FORMAT_VERSION, FeatureSet, write_isolated
+from .store import FORMAT_VERSION, FeatureSet, open_verified, write_isolated
 
 
 @dataclass
@@ -156,11 +155,11 @@ def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, 
     cfg = ExtractConfig.make(data_or_config, **settings)
     started = time.perf_counter()
     plan = make_plan(cfg)
-    hit = _cache_hit(plan, started)
+    hit = _cache_hit(plan, started, progress_bar)
     if hit:
         return hit
     with cache.lock(plan.root, plan.name, cfg.lock_timeout, progress_bar):
-        hit = _cache_hit(plan, started)  # another process may have finished it
+        hit = _cache_hit(plan, started, False)  # another process may have finished it
         if hit:
             return hit
         plan, staging, resumed = resume(plan, progress_bar)
@@ -208,6 +207,9 @@ def resume(plan: Plan, say: bool) -> tuple[Plan, Staging, int]:
             progress.say(f"resuming with {recorded} as recorded (keeps features bit-identical)", say)
             plan = replace(plan, settings=replace(plan.settings, **recorded))
     staging = Staging.open(plan.staging_dir, {**header, **plan.settings.run_settings()})
+    if staging.dropped:
+        progress.say(f"dropped {len(staging.dropped)} damaged batch(es) of the interrupted extraction of {plan.id} "
+                     f"({staging.dropped[0]}): extracting their images again", say)
     resumed = staging.n_images() + len(staging.skipped())
     if resumed:
         progress.say(f"resuming feature set {plan.id}: {resumed} of {plan.entries[1] - plan.entries[0]} images already done", say)
@@ -273,10 +275,17 @@ def finalize(plan: Plan, staging: Staging, ran: Ran) -> None:
     staging.remove()
 
 
-def _cache_hit(plan: Plan, started: float) -> ExtractResult | None:
+def _cache_hit(plan: Plan, started: float, say: bool) -> ExtractResult | None:
+    """The complete file of this id, if it passes ``check``; a damaged one is extracted again (``finalize``
+    replaces it atomically), so the command that made a set is also the one that repairs it."""
     if not plan.final.exists():
         return None
-    with FeatureSet(plan.final) as fs:  # raises a clear CacheError if the file is corrupt
+    try:
+        fs = open_verified(plan.final)
+    except DamagedError as err:
+        progress.say(f"feature set {plan.id} in {plan.final} is damaged ({err.reason}): extracting it again to replace it", say)
+        return None
+    with fs:
         if fs.id != plan.id:
             raise CacheError(f"{plan.final} holds feature set {fs.id}, not {plan.id}: remove it with `featcache cache rm {plan.final.stem}`")
         return ExtractResult(
@@ -297,7 +306,12 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
     donor = cache.newest_with_config(root, fingerprint.config_id(key), str(manifest.root))
     if donor is None:
         return 0
-    with FeatureSet(donor) as old:
+    try:
+        old = open_verified(donor)
+    except CacheError as err:  # its rows would enter the new set under a fresh hash: never reuse altered ones
+        progress.say(f"note: not reusing rows of feature set {donor.stem}: {getattr(err, 'reason', err)}", say)
+        return 0
+    with old:
         signatures = old.manifest_signatures()
         old_paths = list(signatures)
         current = manifest.signatures()
@@ -324,15 +338,8 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
 
 
 def ensure_writable(root: Path) -> Path:
-    try:
-        output_dir(root, cache=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise CacheError(
-            f"cache dir {root} is not writable ({err.strerror or err}): choose another with --cache-dir or {config.CACHE_DIR_ENV}"
-        ) from None
-    return root
+    return output_dir(root, cache=True, what="cache dir", fix=f"choose another with --cache-dir or {config.CACHE_DIR_ENV}",
+                      error=CacheError)
 
 
 def _attrs(plan: Plan, ran: Ran) -> dict:

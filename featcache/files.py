@@ -14,14 +14,18 @@ standard cache tag, or by the files older versions left in it before the marker 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from .errors import FeatcacheError
 
 OUTPUT_MARKER = ".featcache-output"
 # https://bford.info/cachedir/: backup and archiving tools skip a folder holding this tag.
@@ -77,15 +81,17 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_save(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
-def output_dir(path: str | os.PathLike, cache: bool = False) -> Path:
-    """``path`` (made, with its parents, if missing), marked as featcache's output so no scan reads it.
+def output_dir(path: str | os.PathLike, cache: bool = False, what: str = "output folder",
+               fix: str = "choose another folder, or make it writable", error: type[FeatcacheError] = FeatcacheError) -> Path:
+    """``path`` (made, with its parents, if missing and checked writable as ``writable_dir`` does),
+    marked as featcache's output so no scan reads it.
 
     A cache folder that featcache creates also gets the standard CACHEDIR.TAG; one that existed
     before is the user's folder, and tagging it would make backup tools skip whatever else it holds.
     """
     path = Path(path)
     created = not path.is_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    writable_dir(path, what, fix, error=error)
     if not (path / OUTPUT_MARKER).is_file():
         atomic_write(path / OUTPUT_MARKER, "featcache writes its outputs here; it never reads this folder as image data.\n")
     if cache and created:
@@ -110,6 +116,33 @@ def output_kind(folder: str | os.PathLike, names: set[str]) -> str | None:
         if files <= names:
             return f"a featcache {kind} folder (holds {', '.join(sorted(files))})"
     return None
+
+
+def writable_dir(path: Path, what: str, fix: str, create: bool = True, error: type[FeatcacheError] = FeatcacheError) -> Path:
+    """``path`` as a folder featcache can write into, or one line naming the folder, why not, and ``fix``.
+
+    ``create``: make it (with its parents) and write a probe file in it, the proof that counts;
+    otherwise only look, creating nothing, so a command can fail before its long part rather than after.
+    """
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+            return path
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(errno.EEXIST, "a file of that name is in the way")
+        parent = next(p for p in (path, *path.absolute().parents) if os.path.lexists(p))
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{parent} is read-only for you" if parent != path else "Permission denied")
+    except OSError as err:
+        reason = {errno.EEXIST: "a file of that name is in the way", errno.ENOTDIR: "part of the path is a file, not a folder"}
+        why = err.strerror if not create or err.errno not in reason else reason[err.errno]
+        raise error(f"the {what} {path} is not writable ({why or err}): {fix}") from None
+    return path
 
 
 def sha256_file(path: Path) -> str:

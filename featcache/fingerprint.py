@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-from .backbones.spec import ExtractorSpec
-from .images import Decode
+if TYPE_CHECKING:  # annotations only: the store checks ids without importing torch
+    from .backbones.spec import ExtractorSpec
+    from .images import Decode
 
 # Bump when a change in featcache makes the same inputs produce different numbers.
 KEY_VERSION = 1

@@ -19,16 +19,17 @@ from classifiers import get_head
 from . import cache as cache_mod
 from . import config, progress
 from .errors import CacheError, DataError, FeatcacheError
-from .files import output_dir
+from .files import output_dir, writable_dir
 from .manifest import diff, scan
 from .params import check_grid
 from .search import grid_search
 from .splits import make_split
-from .store import ContentDigest, FeatureSet
+from .store import FeatureSet, check
 
 # LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
 DEFAULT_CV = {"svm": 10}
 BACKENDS = ("local", "ray")
+RUNS_DIR_FIX = f"choose another with --runs-dir (or {config.RUNS_DIR_ENV}), or make it writable"
 
 
 @dataclass
@@ -45,7 +46,7 @@ class LoadedFeatures:
 
 
 def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool = True) -> LoadedFeatures:
-    """Open, check freshness, read everything and check the content hash."""
+    """Open, read everything, check the content hash and freshness."""
     root = config.cache_dir(cache_dir)
     path = cache_mod.latest(root) if ref is None else cache_mod.find(ref, root)
     with FeatureSet(path) as fs:
@@ -53,20 +54,10 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
             m = fs.meta
             progress.say(f"using feature set {fs.id} ({m['model']} {m['layer']} pool={m['pool']}, {len(fs)} rows, "
                          f"created {m['created']}), the most recent in {root}", say)
+        raw = fs.load()
+        check(fs, raw)  # hashes the rows just read (or finds this file state already verified)
         check_fresh(fs, allow_stale, say)
-        try:
-            raw = fs.load()
-        except OSError as err:
-            raise CacheError(
-                f"feature set {fs.id} is corrupted ({str(err).splitlines()[0][:80]}): "
-                f"`featcache cache rm {fs.id}` and run `featcache extract` again"
-            ) from None
         labels = fs.labels
-        if ContentDigest().features(raw).finish(labels, fs.index) != fs.meta.get("content_sha256"):
-            raise CacheError(
-                f"feature set {fs.id} does not match the content hash recorded at extraction (altered or corrupted): "
-                f"`featcache cache rm {fs.id}` and run `featcache extract` again"
-            )
         manifest = fs.manifest()
         return LoadedFeatures(
             X=raw.astype(np.float32, copy=False), y=labels.astype(np.int64), paths=fs.paths,
@@ -191,6 +182,8 @@ def fit(
     if n_jobs == 0 or n_jobs < -1:
         raise FeatcacheError(f"--n-jobs {n_jobs}: use a positive number, or -1 for all cores")
     cv = cv or DEFAULT_CV.get(head, 5)
+    if run_dir is None:  # before the search, not after it
+        writable_dir(config.runs_dir(runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
     data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
     if not data.class_names:
         raise DataError(f"feature set {data.meta['id']} has no labels (its folder has no class subfolders): fit needs them; "
@@ -260,8 +253,9 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     test_images = split.test_rows[::n_views]  # with views: each image's first row
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
                    for row, t, p, c in zip(test_images, y_test[::n_views], predicted, confidence)]
-    path = Path(run_dir) if run_dir else runs.new_run_dir(output_dir(config.runs_dir(runs_dir)), head, data.meta["id"])
-    output_dir(path)
+    runs_root = None if run_dir else output_dir(config.runs_dir(runs_dir), what="runs dir", fix=RUNS_DIR_FIX)
+    path = Path(run_dir) if run_dir else runs.new_run_dir(runs_root, head, data.meta["id"])
+    output_dir(path, what="run folder", fix=RUNS_DIR_FIX)
     from .run_gallery import MAP_FILE, write_map
 
     # The map shows images: with views, each image's first row (the plain crop), its per-image prediction.

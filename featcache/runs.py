@@ -242,15 +242,17 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
 
 def check_features(run: Run) -> None:
     """Stop if the run's feature set is still on disk but damaged (a missing one is only noted)."""
-    from .store import verify
+    from .errors import DamagedError
+    from .store import open_verified
 
     path = Path(run.params.features["path"])
     if path.is_file():
-        problems = verify(path)
-        if problems:
+        try:
+            open_verified(path).close()
+        except DamagedError as err:
             fsid = run.params.feature_id
-            raise RunError(f"the feature set {fsid} of run {run.name} is damaged ({problems[0][:120]}): "
-                           f"`featcache cache rm {fsid}`, extract again and refit")
+            raise RunError(f"the feature set {fsid} of run {run.name} is damaged ({err.reason[:120]}): "
+                           f"`featcache cache rm {fsid}`, extract again and refit") from None
 
 
 def list_runs(runs_dir: Path) -> list[Run]:

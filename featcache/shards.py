@@ -15,7 +15,7 @@ import numpy as np
 from . import cache, config
 from .errors import CacheError
 from .extraction import ExtractResult, read_from
-from .store import FeatureSet, write_isolated
+from .store import FeatureSet, check, write_isolated
 
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_start", "shard_stop")
 
@@ -59,6 +59,8 @@ def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool
     final = root / f"{fsid}.h5"
     shards = [FeatureSet(f) for f in files]
     try:
+        for s in shards:
+            check(s)  # the merged file gets a fresh hash: an altered shard must not pass into it
         shards.sort(key=lambda s: s.meta["shard_index"])
         check_consistent(fsid, shards)
         first = shards[0]

@@ -61,6 +61,7 @@ class Staging:
         self.header = header
         self.views = int(header.get("views", 1))
         self._segments: list[dict] | None = None
+        self.dropped: list[str] = []  # damaged batches found on resuming: why each was dropped
 
     # -- life cycle ------------------------------------------------------------------------------
     @classmethod
@@ -75,7 +76,14 @@ class Staging:
                 old = None
             if old == header:
                 staging = cls(directory, header)
-                staging._drop_orphans()
+                try:
+                    staging._drop_orphans()
+                    staging._drop_damaged()
+                except OSError as err:
+                    raise CacheError(
+                        f"the interrupted extraction in {directory} cannot be read ({err.strerror or err}): remove it with "
+                        f"`featcache cache rm {directory.name}` and run the same command again"
+                    ) from None
                 return staging
             shutil.rmtree(directory, ignore_errors=True)
         try:
@@ -104,10 +112,42 @@ class Staging:
             if p.name.endswith(".tmp") or (p.suffix == ".npy" and p.stem not in committed):
                 p.unlink(missing_ok=True)
 
+    def _drop_damaged(self) -> None:
+        """Drop committed batches that cannot be used as they are (a record that is not the JSON we write,
+        a feature file missing, short, of another shape or dtype, images outside this run's range or
+        already in another batch): their images count as not done and are extracted again."""
+        lo, hi = self.header.get("entries", (0, float("inf")))
+        shape = tuple(self.header.get("feature_shape", ()))
+        dtype = self.header.get("dtype")
+        kept: list[dict] = []
+        done: set[int] = set()
+        for p in sorted(self.dir.glob("seg-*.json")):
+            try:
+                record = json.loads(p.read_text())
+                indices = [int(i) for i in record["indices"]]
+                skipped = [(int(i), str(r)) for i, r in record["skipped"]]
+                mine = indices + [i for i, _ in skipped]
+                if any(not lo <= i < hi for i in mine) or len(set(mine)) < len(mine) or done.intersection(mine):
+                    raise ValueError("images outside this extraction or in another batch")
+                if indices:
+                    rows = np.load(self.dir / f"{p.stem}.npy", mmap_mode="r", allow_pickle=False)
+                    if rows.shape[0] != len(indices) * self.views or (shape and rows.shape[1:] != shape) \
+                            or (dtype and rows.dtype != np.dtype(dtype)):
+                        raise ValueError(f"features of shape {rows.shape} {rows.dtype} for {len(indices)} images")
+            except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
+                self.dropped.append(f"{p.stem}: {type(err).__name__}: {str(err)[:80]}")
+                (self.dir / f"{p.stem}.npy").unlink(missing_ok=True)
+                p.unlink(missing_ok=True)
+                continue
+            done.update(mine)
+            kept.append({"stem": p.stem, "indices": indices, "skipped": [[i, r] for i, r in skipped]})
+        self._segments = kept
+
     # -- writing ---------------------------------------------------------------------------------
     def commit(self, indices: np.ndarray, features: np.ndarray | None, skipped: list[tuple[int, str]]) -> None:
         """``features``: ``views`` rows per entry of ``indices``, an image's views consecutive."""
-        number = len(self.segments())
+        segments = self.segments()
+        number = int(segments[-1]["stem"][4:]) + 1 if segments else 0  # after a dropped batch, still a new name
         stem = f"seg-{number:07d}"
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and len(features) != len(indices) * self.views:
@@ -131,7 +171,11 @@ class Staging:
         if self._segments is None:
             self._segments = []
             for p in sorted(self.dir.glob("seg-*.json")):
-                record = json.loads(p.read_text())
+                try:
+                    record = json.loads(p.read_text())
+                except (OSError, ValueError) as err:
+                    raise CacheError(f"batch {p.name} of the extraction in {self.dir} is unreadable ({err}): run the same "
+                                     f"command again (it drops damaged batches), or `featcache cache rm {self.dir.name}`") from None
                 self._segments.append({"stem": p.stem, **record})
         return self._segments
 
@@ -163,7 +207,8 @@ class Staging:
         pos_of = np.concatenate([np.arange(len(s["indices"]), dtype=np.int64) for s in segs])
         order = np.argsort(index, kind="stable")
         if np.any(np.diff(index[order]) == 0):
-            raise CacheError(f"staging {self.dir} holds the same image twice: delete it and extract again")
+            raise CacheError(f"the interrupted extraction in {self.dir} holds the same image twice: "
+                             f"`featcache cache rm {self.dir.name}` and run the same command again")
         maps: dict[int, np.ndarray] = {}
         v = self.views
         for start in range(0, len(order), max(1, block_rows // v)):

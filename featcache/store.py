@@ -14,26 +14,31 @@ Layout of ``<id>.h5``::
     /manifest/sha256 (files,) SHA-256 of each file's bytes ("" unknown): outside the manifest hash and the id
     /skipped/{index,reason}                      files that could not be used, and why
     attributes      model, weights, layer, pool, preprocessing, feature shape, versions, manifest hash,
-                    content hash, creation time, complete=True, ...
+                    content hash (and its version), creation time, complete=True, ...
 
 A file only ever appears under its final name by ``os.replace`` from a temporary name once every
 row and attribute is written, so a file under a final name is complete; ``complete`` is checked too.
+
+Every reader of rows goes through ``check`` (``open_verified``): the structure, the content hash and
+the rows' agreement with the manifest, verified once per state of the file and remembered (``_memo_*``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 import json
 import os
+import re
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from .errors import CacheError
-from .manifest import Manifest
+from .errors import CacheError, DamagedError
+from .fingerprint import ID_LENGTH, feature_set_id
+from .manifest import Manifest, display
 from .staging import Staging, disk_full_error, is_disk_full
 from .tuning import usable_cores
 
@@ -53,22 +58,61 @@ _STR = h5py.string_dtype("utf-8")
 _JSON_ATTRS = ("preprocess", "decode", "versions", "key", "extract_args", "data_root", "feature_shape")
 
 
-class ContentDigest:
-    """The content hash recorded at extraction: feature bytes in row order, then labels, then the
-    manifest index of each row. Written, verified and checked before fitting by this one class, so
-    the three can never disagree about what "altered" means."""
+# What the content hash covers, by the file's ``content_hash_version`` attribute (absent: 1).
+#   1: the feature bytes in row order, then each row's label and manifest index.
+#   2: all of 1, then every other dataset and attribute that can change a result (_HASHED below).
+# Files keep the version they were written with (and so their ids and cache hits); ``verify`` adds
+# structural and cross checks that hold for both (see ``problems``).
+CONTENT_HASH_VERSION = 2
+_HASHED = ("view", "paths", "split", "class_names", "manifest/path", "manifest/size", "manifest/mtime_ns", "manifest/label",
+           "manifest/split", "manifest/sha256", "skipped/index", "skipped/reason")
+_HASHED_ATTRS = ("id", "key", "n_views", "manifest_sha256")
+_REQUIRED = ("features", "labels", "paths", "split", "index", "class_names", "manifest/path", "manifest/size",
+             "manifest/mtime_ns", "manifest/label", "manifest/split", "skipped/index", "skipped/reason")
+_ROW_ALIGNED = ("labels", "paths", "split", "index", "view")
 
-    def __init__(self):
+
+class ContentDigest:
+    """The content hash recorded at extraction. Written, verified and checked before any reader uses the
+    rows by this one class, so they can never disagree about what "altered" means. Everything but the
+    feature bytes is read back from the file itself, by the writer as by the verifier."""
+
+    def __init__(self, version: int = CONTENT_HASH_VERSION):
+        if version not in (1, 2):
+            raise CacheError(f"content hash version {version!r} is unknown to this featcache"
+                             + (": upgrade featcache" if isinstance(version, int) and version > 2 else ""))
+        self.version = version
         self._digest = hashlib.sha256()
 
     def features(self, block: np.ndarray) -> "ContentDigest":
         self._digest.update(np.ascontiguousarray(block).tobytes())
         return self
 
-    def finish(self, labels: np.ndarray, index: np.ndarray) -> str:
-        self._digest.update(np.asarray(labels).astype(np.int32).tobytes())
-        self._digest.update(np.asarray(index).astype(np.int64).tobytes())
+    def finish(self, f: h5py.File) -> str:
+        self._digest.update(f["labels"][()].astype(np.int32).tobytes())
+        self._digest.update(f["index"][()].astype(np.int64).tobytes())
+        if self.version >= 2:
+            for name in _HASHED:
+                self._part(name, _dataset_bytes(f, name))
+            meta = read_attrs(f)
+            self._part("attrs", json.dumps({k: meta.get(k) for k in _HASHED_ATTRS}, sort_keys=True).encode())
         return self._digest.hexdigest()
+
+    def _part(self, name: str, payload: bytes) -> None:
+        self._digest.update(name.encode() + b"\0" + len(payload).to_bytes(8, "little") + payload)
+
+
+def _dataset_bytes(f: h5py.File, name: str) -> bytes:
+    """A dataset's values as unambiguous bytes (variable-length items length-prefixed)."""
+    ds = f.get(name)
+    if not isinstance(ds, h5py.Dataset):
+        return b"absent"
+    data = ds[()]
+    if data.dtype == object:
+        items = [v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape") for v in data.tolist()]
+        return b"".join(len(v).to_bytes(8, "little") + v for v in items)
+    data = np.ascontiguousarray(data)
+    return f"{data.dtype.str}{data.shape}".encode() + data.tobytes()
 
 
 def fletcher32(data: bytes) -> int:
@@ -194,7 +238,6 @@ def write_feature_set(
             if writer is not None:
                 writer.close()
             labels = manifest.labels[index].astype(np.int32)
-            content = digest.finish(labels, index)
             f.create_dataset("labels", data=labels)
             f.create_dataset("index", data=index)
             f.create_dataset("view", data=view_numbers(index))
@@ -212,8 +255,11 @@ def write_feature_set(
             s = f.create_group("skipped")
             s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
             s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
-            for key, value in {**attrs, "content_sha256": content, "n_rows": n_rows, "n_skipped": len(skipped)}.items():
+            for key, value in {**attrs, "content_hash_version": CONTENT_HASH_VERSION, "n_rows": n_rows,
+                               "n_skipped": len(skipped)}.items():
                 f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
+            content = digest.finish(f)
+            f.attrs["content_sha256"] = content
             f.attrs["complete"] = True
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
@@ -276,6 +322,7 @@ def write_isolated(*args) -> str:
     for stray in path.parent.glob(f".{path.name}.tmp-*"):
         stray.unlink(missing_ok=True)
     if kind == "ok":
+        _remember(path, _stamp(path), value)  # hashed as written: its first reader need not hash it again
         return value
     if kind == "cache":
         raise CacheError(value)
@@ -295,19 +342,30 @@ class FeatureSet:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CacheError(f"{display(str(self.path))} is a folder, not a feature set: give a feature-set id from "
+                             "`featcache cache list`, or the path of its .h5 file")
         try:
             self._file = h5py.File(self.path, "r")
         except FileNotFoundError:
-            raise CacheError(f"feature set {self.path} does not exist: run `featcache extract` or pick one from `featcache cache list`") from None
+            raise CacheError(f"feature set {display(str(self.path))} does not exist: run `featcache extract` or pick one from `featcache cache list`") from None
+        except PermissionError as err:
+            raise CacheError(f"feature set {display(str(self.path))} cannot be read ({err.strerror}): ask its owner "
+                             "for read access, or extract into a cache dir of your own (--cache-dir)") from None
         except OSError as err:
-            raise CacheError(
-                f"feature set {self.path} is unreadable or corrupted ({_h5_reason(err)}): "
-                f"delete it (`featcache cache rm {self.path.stem}`) and run `featcache extract` again"
-            ) from None
-        if not self._file.attrs.get("complete", False) or "features" not in self._file:
+            if "file locking" in _h5_reason(err):
+                raise CacheError(f"feature set {display(str(self.path))} cannot be opened: {_h5_reason(err)}") from None
+            raise damaged(self.path, f"unreadable or corrupted: {_h5_reason(err)}") from None
+        try:
+            if not self._file.attrs.get("complete", False) or "features" not in self._file:
+                raise CacheError(f"feature set {display(str(self.path))} is incomplete: run the same `featcache extract` again to finish it")
+            self.meta = read_attrs(self._file)
+            found = _structure(self._file, self.meta)
+            if found:
+                raise damaged(self.path, found[0])
+        except BaseException:
             self._file.close()
-            raise CacheError(f"feature set {self.path} is incomplete: run the same `featcache extract` again to finish it")
-        self.meta = read_attrs(self._file)
+            raise
 
     # -- mapping-like access ---------------------------------------------------------------------
     def __getitem__(self, name: str):
@@ -407,23 +465,34 @@ class FeatureSet:
 
     def load(self, dtype=None) -> np.ndarray:
         """All features in memory (contiguous read: far faster than h5py fancy indexing)."""
-        data = self._file["features"][()]
+        try:
+            data = self._file["features"][()]
+        except OSError as err:  # a damaged chunk fails its fletcher32 checksum
+            raise damaged(self.path, f"unreadable rows: {_h5_reason(err)}") from None
         return data.astype(dtype, copy=False) if dtype is not None else data
 
     def iter_blocks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         ds = self._file["features"]
         step = rows or (ds.chunks[0] if ds.chunks else max(len(self), 1))
         for start in range(0, len(self), step):
-            yield start, ds[start:start + step]
+            try:
+                block = ds[start:start + step]
+            except OSError as err:
+                raise damaged(self.path, f"unreadable rows from {start}: {_h5_reason(err)}") from None
+            yield start, block
 
 
 def read_attrs(f: h5py.File) -> dict:
     out = {}
     for key, value in f.attrs.items():
         if isinstance(value, bytes):
-            value = value.decode()
+            value = value.decode(errors="replace")
         if key in _JSON_ATTRS and isinstance(value, str):
-            value = json.loads(value)  # data, never evaluated
+            try:
+                value = json.loads(value)  # data, never evaluated
+            except ValueError:
+                path = Path(f.filename)
+                raise damaged(path, f"attribute {key!r} is not valid JSON") from None
         elif isinstance(value, np.generic):
             value = value.item()
         elif isinstance(value, np.ndarray):
@@ -437,31 +506,194 @@ def peek(path: Path) -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             return read_attrs(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, CacheError):
         return None
 
 
-def verify(path: Path) -> list[str]:
-    """Problems found by reading every chunk (fletcher32) and recomputing the content hash."""
+# ------------------------------------------------------------------------------------ integrity
+def damaged(path: Path, reason: str) -> DamagedError:
+    path = Path(path)
+    if re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}(\.shard-\d+-of-\d+)?\{SUFFIX}", path.name):
+        name = path.name if ".shard-" in path.name else path.stem  # how `featcache cache rm` names it
+        return DamagedError(f"feature set {name} is damaged ({reason}): `featcache cache rm {name}` and run "
+                            "`featcache extract` again (the same extract command also replaces it)", reason)
+    return DamagedError(f"{display(str(path))} is not a usable feature set ({reason}): give a feature-set id from "
+                        "`featcache cache list`, or delete that file and extract again", reason)
+
+
+def _structure(f: h5py.File, meta: dict) -> list[str]:
+    """Cheap checks on every open (no rows read): every dataset present, row-aligned ones as long as /features."""
+    version = meta.get("content_hash_version", 1)
+    wanted = _REQUIRED + (("view",) if version != 1 else ())
+    missing = [name for name in wanted if not isinstance(f.get(name), h5py.Dataset)]
+    if missing:
+        return [f"/{', /'.join(missing)} missing"]
+    if not isinstance(meta.get("id"), str) or not meta["id"]:
+        return ["no id attribute"]
+    features = f["features"]
+    if features.ndim < 1:
+        return ["/features has no rows dimension"]
+    n, out = features.shape[0], []
+    for name in _ROW_ALIGNED:
+        if name in f and f[name].shape != (n,):
+            out.append(f"/{name} has shape {f[name].shape}, /features has {n} rows")
+    files = f["manifest/path"].shape
+    for name in ("size", "mtime_ns", "label", "split", "sha256"):
+        if f"manifest/{name}" in f and f[f"manifest/{name}"].shape != files:
+            out.append(f"/manifest/{name} has shape {f[f'manifest/{name}'].shape}, /manifest/path {files}")
+    if f["skipped/index"].shape != f["skipped/reason"].shape:
+        out.append("/skipped/index and /skipped/reason differ in length")
+    if meta.get("n_rows", n) != n:
+        out.append(f"n_rows says {meta.get('n_rows')}, /features has {n} rows")
+    return out
+
+
+def _agreement(fs: "FeatureSet") -> list[str]:
+    """The rows against the manifest, and the manifest against the hash the id was made from: holds for
+    every file, so version-1 files (whose content hash covers only rows, labels and index) are checked too."""
+    f, out = fs._file, []
+    index, manifest = f["index"][()], f["manifest"]
+    n_files, n_classes = manifest["path"].shape[0], f["class_names"].shape[0]
+    if len(index) and (index.min() < 0 or index.max() >= n_files):
+        return ["/index points outside /manifest"]
+    labels = f["labels"][()]
+    if len(labels) and (labels.min() < -1 or labels.max() >= n_classes):
+        out.append("/labels point outside /class_names")
+    for rows, column in (("labels", "label"), ("split", "split"), ("paths", "path")):
+        if not np.array_equal(f[rows][()], manifest[column][()][index]):
+            out.append(f"/{rows} disagree with /manifest/{column}")
+    if "view" in f and not np.array_equal(f["view"][()], view_numbers(index)):
+        out.append("/view disagrees with /index")
+    skipped = f["skipped/index"][()]
+    if len(skipped) and (skipped.min() < 0 or skipped.max() >= n_files):
+        out.append("/skipped/index points outside /manifest")
+    recorded = fs.meta.get("manifest_sha256")
+    if recorded is not None:
+        if fs.manifest().sha256 != recorded:
+            out.append("/manifest or /class_names differ from the manifest hash recorded at extraction")
+        elif "key" in fs.meta:
+            if feature_set_id(fs.meta["key"], recorded) != fs.id:
+                out.append("the id does not match the recorded key and manifest")
+    return out
+
+
+def problems(fs: "FeatureSet", features: np.ndarray | None = None) -> list[str]:
+    """Everything wrong with an open feature set, reading every row (or hashing ``features``, the rows
+    already in memory). The one definition of "damaged": ``check`` and ``verify`` both use it."""
     try:
-        fs = FeatureSet(path)
+        digest = ContentDigest(fs.meta.get("content_hash_version", 1))
     except CacheError as err:
         return [str(err)]
-    problems = []
-    with fs:
-        try:
-            digest = ContentDigest()
+    try:
+        if features is None:
             for _, block in fs.iter_blocks():
                 digest.features(block)
-            if digest.finish(fs.labels, fs.index) != fs.meta.get("content_sha256"):
-                problems.append("content hash differs from the one recorded at extraction: the file was altered")
-            n = len(fs)
-            for name in ("labels", "paths", "split", "index") + (("view",) if "view" in fs else ()):
-                if fs[name].shape[0] != n:
-                    problems.append(f"/{name} has {fs[name].shape[0]} rows, /features has {n}")
-        except OSError as err:
-            problems.append(f"unreadable data ({_h5_reason(err)})")
-    return problems
+        else:
+            digest.features(features)
+        out = [] if digest.finish(fs._file) == fs.meta.get("content_sha256") else [
+            "content hash differs from the one recorded at extraction: the file was altered"]
+        return out + _agreement(fs)
+    except DamagedError as err:
+        return [err.reason]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # h5py reports damaged metadata as any of these
+        return [f"unreadable data ({_h5_reason(err)})"]
+
+
+def check(fs: "FeatureSet", features: np.ndarray | None = None) -> None:
+    """The integrity gate every reader of rows passes (fit, audit, predict --features, sweep, report,
+    ``open_features``): ``problems`` once per state of the file, then remembered (``_memo``); a
+    DamagedError naming the fix otherwise. A failed check is never remembered."""
+    key, stamp = os.path.realpath(fs.path), _stamp(fs.path)
+    if stamp is not None and _memo_read().get(key) == stamp + [fs.meta.get("content_sha256")]:
+        return
+    found = problems(fs, features)
+    if found:
+        _memo_update(key, None)
+        raise damaged(fs.path, found[0] + (f"; {len(found) - 1} more problem(s)" if len(found) > 1 else ""))
+    _remember(fs.path, stamp, fs.meta.get("content_sha256"))
+
+
+def open_verified(path: str | os.PathLike) -> "FeatureSet":
+    """A ``FeatureSet`` that passed ``check``."""
+    fs = FeatureSet(path)
+    try:
+        check(fs)
+    except BaseException:
+        fs.close()
+        raise
+    return fs
+
+
+def verify(path: Path) -> list[str]:
+    """``featcache cache verify``: ``problems`` always, never the memo (a success is remembered)."""
+    try:
+        fs = FeatureSet(path)
+    except DamagedError as err:
+        return [err.reason]
+    except CacheError as err:
+        return [str(err)]
+    with fs:
+        stamp = _stamp(fs.path)
+        found = problems(fs)
+        if found:
+            _memo_update(os.path.realpath(fs.path), None)
+        else:
+            _remember(fs.path, stamp, fs.meta.get("content_sha256"))
+    return found
+
+
+# The memo of verified files lives in featcache's user cache dir (``verified-v1.json``), not in the
+# cache dir: a cache dir may be read-only or shared, and a record there could vouch for files to
+# other users. Its key is the file's real path; its value the file's device, inode, size, mtime_ns
+# and ctime_ns (ctime cannot be set back by a user, so an in-place edit that restores the mtime is
+# still seen) and the recorded content hash. Any change to the file means a fresh check.
+_MEMO = "verified-v1.json"
+_MEMO_MAX = 2000
+
+
+def _memo_file() -> Path:
+    from .config import user_cache_dir
+
+    return user_cache_dir() / _MEMO
+
+
+def _stamp(path: Path) -> list | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _memo_read() -> dict:
+    try:
+        memo = json.loads(_memo_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _memo_update(key: str, value: list | None) -> None:
+    """Best effort: a memo that cannot be written only costs a check next time."""
+    from .files import atomic_write
+
+    memo = _memo_read()
+    if memo.pop(key, None) is None and value is None:
+        return
+    if value is not None:
+        memo[key] = value
+    memo = dict(list(memo.items())[-_MEMO_MAX:])
+    try:
+        _memo_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(_memo_file(), json.dumps(memo))
+    except OSError:
+        pass
+
+
+def _remember(path: Path, stamp: list | None, content: str | None) -> None:
+    """Record a file as verified if it is still exactly as it was when the check began."""
+    if stamp is not None and content and _stamp(path) == stamp:
+        _memo_update(os.path.realpath(path), stamp + [content])
 
 
 def _text(v) -> str:
@@ -470,9 +702,10 @@ def _text(v) -> str:
 
 def _h5_reason(err: Exception) -> str:
     text = str(err)
-    for hint in ("truncated", "signature", "checksum", "Fletcher32", "bad object header", "file locking"):
+    for hint in ("truncated", "signature", "checksum", "Fletcher32", "filter returned failure", "bad object header", "file locking"):
         if hint.lower() in text.lower():
             if hint == "file locking":
                 return "HDF5 file locking failed; on network filesystems set HDF5_USE_FILE_LOCKING=FALSE"
-            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch"}.get(hint, hint)
+            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch",
+                    "filter returned failure": "a chunk fails its checksum or decompression"}.get(hint, hint)
     return text.splitlines()[0][:120] if text else type(err).__name__

@@ -159,6 +159,21 @@ def background():
     procs.kill_all()
 
 
+def as_written_before_versioning(path: Path) -> None:
+    """Make a feature-set file what featcache wrote before the content hash was versioned: the same
+    datasets, no ``content_hash_version``, and the old formula (feature bytes, labels, row index)."""
+    import hashlib
+
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        del f.attrs["content_hash_version"]
+        digest = hashlib.sha256(f["features"][()].tobytes())
+        digest.update(f["labels"][()].astype(np.int32).tobytes())
+        digest.update(f["index"][()].astype(np.int64).tobytes())
+        f.attrs["content_sha256"] = digest.hexdigest()
+
+
 def without_root_privileges() -> list[str] | None:
     """A command prefix under which file permissions apply even to root (None: cannot arrange it)."""
     if os.geteuid() != 0:
