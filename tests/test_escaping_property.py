@@ -189,7 +189,7 @@ def test_printable_shows_every_control_character_and_keeps_names_apart(name):
 
 # ------------------------------------------------------------------------------------------------ end to end
 LINK_CLASS = "[click me](javascript:alert(1))"
-FORMULA_CLASS = '=HYPERLINK("evil.example","x")\x1b]0;pwned\x07'
+FORMULA_CLASS = '=HYPERLINK("evil.example","x")$\\foo{$\x1b]0;pwned\x07'  # $..$: TeX to matplotlib, unless told not
 FORMULA_FILE = "=1+2\x1b[2J.png"
 BAD_FILE = "\x1b[2J\x1b]0;pwned\x07\u202egnp.png"
 RAW = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # \t, \n: layout; \r: tqdm's bars
@@ -268,6 +268,21 @@ def test_audit_csv_holds_no_formula_and_fit_exclude_reads_its_exact_paths(hostil
     run = Path(json.loads(out["exclude"].stdout)["run"])
     excluded = json.loads((run / "params.json").read_text())["excluded"]["paths"]
     assert set(excluded) == duplicates
+
+
+@pytest.mark.slow
+def test_the_hostile_pages_render_in_a_browser_with_the_names_as_text(hostile, tmp_path):
+    from tests import chromium
+    from tests.test_browser import look
+
+    executable = chromium.find()
+    if executable is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): pages not checked in a browser")
+    root, _ = hostile
+    with chromium.Browser(executable, width=1280, height=900) as browser:
+        for name, page in (("hostile-report", min(root.glob("runs/*/report.html"))), ("hostile-audit", root / "audit" / "audit.html")):
+            seen = look(browser, page, name, tmp_path)  # every image decodes; every link is a file next to the page
+            assert LINK_CLASS in seen["text"] and printable(FORMULA_CLASS) in seen["text"], name
 
 
 def test_a_tampered_map_csv_is_a_one_line_error_naming_the_file_and_the_fix(hostile):
