@@ -218,6 +218,8 @@ def hostile(tmp_path_factory):
         csv.writer(f).writerows([header] + [row for row in rows if row[header.index("kind")] == "exact_duplicate"])
     out["exclude"] = run_cli("fit", "--head", "logreg", "--param", "C=0.01", "--cv", "2", "--cache-dir", cache, "--runs-dir",
                              runs, "--exclude", root / "duplicates.csv", "--json", cwd=root)
+    out["predict"] = run_cli("predict", data / LINK_CLASS, "--runs-dir", runs, "--cache-dir", cache, cwd=root)
+    out["compare"] = run_cli("report", *sorted(runs.glob("*-logreg-*")), "--out", root / "compare", cwd=root)
     return root, out
 
 
@@ -234,13 +236,14 @@ def test_the_terminal_never_gets_a_raw_escape_sequence(hostile):
         for stream in (r.stdout, r.stderr):
             assert not RAW.search(stream), f"{name} printed {RAW.search(stream).group()!r}"
     assert f"{printable(BAD_FILE)}: " in out["extract"].stderr  # the skip list shows the name, escaped
+    assert f"{printable(LINK_CLASS + '/' + FORMULA_FILE)}\t" in out["predict"].stdout
 
 
 def test_the_pages_hold_no_script_link_and_no_raw_control_character(hostile):
     root, _ = hostile
-    pages = list(root.glob("runs/*/report.html")) + list(root.glob("runs/*/report.md")) + [root / "audit" / "audit.html",
-                                                                                            root / "audit" / "audit.md"]
-    assert len(pages) == 6
+    pages = [*root.glob("runs/*/report.html"), *root.glob("runs/*/report.md"), root / "audit" / "audit.html",
+             root / "audit" / "audit.md", root / "compare" / "comparison.html", root / "compare" / "comparison.md"]
+    assert len(pages) == 8
     for page in pages:
         text = page.read_text(encoding="utf-8")
         assert "javascript:" not in " ".join(re.findall(r'href="([^"]*)"', text)), page
@@ -249,7 +252,7 @@ def test_the_pages_hold_no_script_link_and_no_raw_control_character(hostile):
             for tag, attrs in Page(text).tags:
                 if tag == "a":
                     assert re.fullmatch(r"[\w./%-]+", attrs["href"]), (page, attrs)  # a relative path of ours
-            assert html.escape(LINK_CLASS) in text, page  # the class is shown, as text
+            assert html.escape(LINK_CLASS) in text or page.stem == "comparison", page  # the class is shown, as text
     report = next(root.glob("runs/*/report.html")).read_text(encoding="utf-8")
     assert html.escape(printable(FORMULA_CLASS)) in report
 
