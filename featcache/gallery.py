@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_save
-from .text import url
+from .text import Inline, url
 
 THUMB_SIDE = 160
 CARD_STYLE = (
@@ -34,8 +34,8 @@ CARD_STYLE = (
 
 @dataclass
 class Card:
-    title: str
-    text: str
+    title: Inline  # plain text, or featcache's own spans (featcache.text)
+    text: Inline
     # (thumbnail path relative to the page, caption: one line of plain text or a list of them)
     images: list[tuple[str | None, str | list[str]]] = field(default_factory=list)
     tone: str = "low"

@@ -11,6 +11,7 @@ seconds to every fit. Plots use matplotlib's ``Figure`` API (no pyplot state, no
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
     if not path.is_file():
         return None
     try:
-        header, *lines = read_csv(path)
+        header, *lines = read_csv(path) or [[]]
         if header[:6] != MAP_COLUMNS or len(header) < 7 or not header[6].startswith("explained="):
             raise ValueError(f"unexpected header {','.join(header[:7])[:80]!r}")
         first, second = (float(v) for v in header[6].removeprefix("explained=").split(","))
@@ -70,6 +71,8 @@ def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
             if len(row) < len(MAP_COLUMNS) or row["role"] not in ("test", "cv"):
                 raise ValueError(f"line {number} is not path,x,y,label,role,predicted")
             row["x"], row["y"] = float(row["x"]), float(row["y"])
+            if not math.isfinite(row["x"] + row["y"]):
+                raise ValueError(f"line {number} has a coordinate that is not a finite number")
             rows.append(row)
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
         raise RunError(f"{path} is damaged ({err}): delete it to render the report without the feature map, "

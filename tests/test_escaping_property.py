@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featcache.files import FORMULA_START, read_csv, write_csv
+from featcache.errors import RunError
 from featcache.gallery import Card
 from featcache.pipeline import read_exclusions
 from featcache.report import to_html, to_markdown
+from featcache.run_gallery import MAP_FILE, read_map
 from featcache.text import Code, Link, printable, terminal
 from tests.conftest import featcache as run_cli
 from tests.conftest import make_images
@@ -185,6 +187,25 @@ def test_printable_shows_every_control_character_and_keeps_names_apart(name):
     lines = terminal(name)
     assert not UNSAFE.search(lines.replace("\n", "").replace("\t", ""))
     assert lines.count("\n") == name.count("\n") and lines.count("\t") == name.count("\t")
+
+
+GOOD_MAP = "path,x,y,label,role,predicted,\"explained=0.500000,0.200000\"\n'=1+2.png,-0.5,0.25,cats,test,dogs,\n"
+
+
+@pytest.mark.parametrize("tampered", [
+    "", "path,x,y\n", GOOD_MAP.replace("explained=0.500000,0.200000", "explained=half"), GOOD_MAP.replace("-0.5", "left"),
+    GOOD_MAP.replace("-0.5", "inf"), GOOD_MAP.replace(",test,", ",train,"), GOOD_MAP + "b.png,0.1\n",
+], ids=["empty", "header", "explained", "x", "infinite", "role", "short-line"])
+def test_map_csv_reads_what_fit_wrote_and_names_the_fix_for_anything_else(tmp_path, tampered):
+    path = tmp_path / MAP_FILE
+    path.write_text(GOOD_MAP, encoding="utf-8")
+    rows, explained = read_map(path)
+    assert explained == (0.5, 0.2) and rows == [{"path": "=1+2.png", "x": -0.5, "y": 0.25, "label": "cats", "role": "test",
+                                                 "predicted": "dogs"}]
+    path.write_text(tampered, encoding="utf-8")
+    with pytest.raises(RunError, match=r"map\.csv is damaged .*: delete it to render the report without the feature map, "
+                                       r"or fit again"):
+        read_map(path)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
