@@ -75,7 +75,10 @@ def to_html(blocks: list[Block], title: str) -> str:
         from .gallery import CARD_STYLE
 
         style += CARD_STYLE
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html_inline(title)}</title>"
+    # No script of any kind runs on a report page (a javascript: URL included), should text ever slip through as markup.
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"script-src 'none'; object-src 'none'\">"
+            f"<title>{html_inline(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 

@@ -111,6 +111,7 @@ def test_user_text_on_a_page_is_text_and_the_only_link_is_featcaches_own(names):
     assert not any(name.startswith("on") for _, attrs in seen.tags for name in attrs)  # no event handler attribute
     assert {attrs["src"] for tag, attrs in seen.tags if tag == "img"} == {"plots/map.png", "thumbs/0123456789abcdef.jpg"}
     assert not re.search("<script", page, re.IGNORECASE) and not UNSAFE.search(page.rstrip("\n"))
+    assert "<meta http-equiv='Content-Security-Policy' content=\"script-src 'none'; object-src 'none'\">" in page  # and none runs
     shown = [printable(n) for n in names]
     assert seen.cells == ["class", "support"] + [c for k, s in enumerate(shown) for c in (s, str(k))]  # text round-trips
     assert seen.headings == [shown[0]]
