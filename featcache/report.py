@@ -284,8 +284,8 @@ def run_blocks(run) -> list[Block]:
     ]
     blocks += views_blocks(m)
     if m.best_on_edge:
-        names = [[", " if k else "", Code(n)] for k, n in enumerate(m.best_on_edge)]
-        blocks.append(("p", ["Warning: the best value of ", names,
+        edge = [[", " if k else "", Code(n)] for k, n in enumerate(m.best_on_edge)]
+        blocks.append(("p", ["Warning: the best value of ", edge,
                              " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."]))
     searched = [k[len("param_"):] for k in table if k.startswith("param_")]
     blocks += [("h", 2, "Grid search"), ("table", _grid_header(table, searched), _grid_rows(table, searched))]
