@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from featcache.extract_config import DECODERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLS  # noqa: E402  (import-light: no torch)
+from featcache.text import printable, terminal  # noqa: E402  (standard library only)
 from featcache.views import AT_TEST  # noqa: E402  (standard library only)
 
 CACHE_DIR = click.option(
@@ -51,6 +52,12 @@ class CountOrAuto(click.ParamType):
             self.fail(str(err).removeprefix(f"{flag} "), param, ctx)
 
 
+def echo(message="", err: bool = False) -> None:
+    """Everything the commands print goes through here: names in it (files, classes, labels) may hold
+    escape sequences, which are shown escaped, never sent to the terminal (featcache.text)."""
+    click.echo(terminal(str(message)), err=err)
+
+
 class Featcache(click.Group):
     """Turns library errors into one-line messages and a non-zero exit code."""
 
@@ -58,10 +65,13 @@ class Featcache(click.Group):
         debug = ctx.params.get("debug") or os.environ.get("FEATCACHE_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as err:  # click's own messages quote what was typed: a name, a path
+            err.message = printable(err.message)  # an error is one line: a line break in a name shows as \n
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("featcache: interrupted; run the same command again to resume", err=True)
+            echo("featcache: interrupted; run the same command again to resume", err=True)
             sys.exit(130)
         except BrokenPipeError:  # e.g. `featcache runs | head`: the reader left, nothing to report
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -72,15 +82,15 @@ class Featcache(click.Group):
             from featcache.errors import FeatcacheError
 
             if isinstance(err, FeatcacheError):
-                raise click.ClickException(str(err)) from None
+                raise click.ClickException(printable(str(err))) from None
             try:
                 from classifiers import ParamError
                 from classifiers.registry import UnknownName
             except ImportError:
                 ParamError = UnknownName = ()  # noqa: N806
             if isinstance(err, (ParamError, UnknownName)):
-                raise click.ClickException(str(err)) from None
-            text = str(err).splitlines()[0] if str(err) else ""
+                raise click.ClickException(printable(str(err))) from None
+            text = printable(str(err).splitlines()[0]) if str(err) else ""
             raise click.ClickException(f"internal error: {type(err).__name__}: {text} (rerun with --debug for the traceback)") from None
 
 
@@ -131,7 +141,6 @@ def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_
     """Extract features of every image under --data into a cached feature set."""
     from featcache.extract_config import ExtractConfig
     from featcache.extraction import extract as run_extract
-    from featcache.manifest import display
 
     cfg = ExtractConfig(
         data=data, labels=labels, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
@@ -141,19 +150,19 @@ def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_
     )
     result = run_extract(cfg, progress_bar=not quiet)
     if result.skipped and not quiet:
-        click.echo(f"skipped {len(result.skipped)} file(s):", err=True)
+        echo(f"skipped {len(result.skipped)} file(s):", err=True)
         for path, reason in result.skipped:
-            click.echo(f"  {display(path)}: {reason}", err=True)
+            echo(f"  {printable(path)}: {printable(reason)}", err=True)
     if result.ignored and not quiet:
-        click.echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {display(result.ignored[0])}", err=True)
+        echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {printable(result.ignored[0])}", err=True)
     if result.left_out and not quiet:
-        click.echo(f"{len(result.left_out)} item(s) under {display(data)} not read:", err=True)
+        echo(f"{len(result.left_out)} item(s) under {printable(str(data))} not read:", err=True)
         for path, reason in result.left_out:
-            click.echo(f"  {display(path)}: {reason}", err=True)
+            echo(f"  {printable(path)}: {printable(reason)}", err=True)
     if result.unlisted and not quiet:
-        click.echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
-                   f"e.g. {display(result.unlisted[0])} (add rows for them to include them)", err=True)
-    click.echo(json.dumps(result.to_dict()) if as_json else result.summary())
+        echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
+             f"e.g. {printable(result.unlisted[0])} (add rows for them to include them)", err=True)
+    echo(json.dumps(result.to_dict()) if as_json else result.summary())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +177,7 @@ def models(pattern, layers_of, quiet, as_json):
         from featcache.backbones import layers
 
         names = layers(layers_of)
-        click.echo(json.dumps(names) if as_json else "\n".join(names))
+        echo(json.dumps(names) if as_json else "\n".join(names))
         return
     from featcache.models import list_models
 
@@ -176,16 +185,16 @@ def models(pattern, layers_of, quiet, as_json):
     if not rows and not as_json:
         raise click.ClickException(f"no model matches {pattern!r}: try `featcache models` for all, or a glob such as 'resnet*' or 'timm:vit*'")
     if as_json:
-        click.echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
-                                "feature_shape": list(r.feature_shape), "weights": r.weights, "described": r.described} for r in rows]))
+        echo(json.dumps([{"name": r.name, "family": r.family, "default_layer": r.default_layer,
+                          "feature_shape": list(r.feature_shape), "weights": r.weights, "described": r.described} for r in rows]))
         return
     table = [("MODEL", "FAMILY", "DEFAULT LAYER", "FEATURES", "PRETRAINED WEIGHTS")]
     table += [(r.name, r.family, r.default_layer, "x".join(map(str, r.feature_shape)) or "?", r.weights) for r in rows]
-    click.echo(_table(table))
+    echo(_table(table))
     pending = sum(not r.described for r in rows)
     if pending and not quiet:
-        click.echo(f"{pending} of {len(rows)} not described (each takes up to a second, and what is described is kept): "
-                   "run the command again to describe more, or narrow the pattern", err=True)
+        echo(f"{pending} of {len(rows)} not described (each takes up to a second, and what is described is kept): "
+             "run the command again to describe more, or narrow the pattern", err=True)
 
 
 def _table(rows: list[tuple]) -> str:
@@ -218,11 +227,11 @@ def cache_list(cache_dir, as_json):
 def _listing(records: list[dict], as_json: bool, empty: str, header: tuple, row) -> None:
     """Records as JSON, or as a table of ``row(record)`` under ``header``, or a line saying there are none."""
     if as_json:
-        click.echo(json.dumps(records))
+        echo(json.dumps(records))
     elif not records:
-        click.echo(empty)
+        echo(empty)
     else:
-        click.echo(_table([header] + [row(r) for r in records]))
+        echo(_table([header] + [row(r) for r in records]))
 
 
 def _cache_record(e) -> dict:
@@ -245,11 +254,11 @@ def cache_info(ref, cache_dir, as_json):
     with open_features(ref, cache_dir, verify=False) as fs:  # shows what is recorded, damaged or not
         meta = {**fs.meta, "path": str(fs.path), "class_names": fs.class_names, "skipped": len(fs.skipped)}
     if as_json:
-        click.echo(json.dumps(meta, indent=2, default=str))
+        echo(json.dumps(meta, indent=2, default=str))
         return
     for key in sorted(meta):
         value = meta[key]
-        click.echo(f"{key:18} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        echo(f"{key:18} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
 @cache.command("verify")
@@ -264,11 +273,11 @@ def cache_verify(ref, cache_dir):
     for path, problems in results.items():
         if problems:
             bad += 1
-            click.echo(f"DAMAGED  {path}: {'; '.join(problems)}")
+            echo(f"DAMAGED  {path}: {'; '.join(problems)}")
         else:
-            click.echo(f"ok       {path}")
+            echo(f"ok       {path}")
     if not results:
-        click.echo(f"no feature sets in {_cache_path(cache_dir)}")
+        echo(f"no feature sets in {_cache_path(cache_dir)}")
     if bad:
         raise click.ClickException(f"{bad} damaged feature set(s): remove with `featcache cache rm ID` and extract again")
 
@@ -282,7 +291,7 @@ def cache_rm(refs, cache_dir):
 
     for ref in refs:
         for path in c.remove(ref, cache_dir):
-            click.echo(f"removed {path}")
+            echo(f"removed {path}")
 
 
 @cache.command("merge")
@@ -293,7 +302,7 @@ def cache_merge(ref, cache_dir, quiet):
     """Assemble the shards of a --shard I/N extraction into one feature set."""
     from featcache.shards import merge
 
-    click.echo(merge(ref, cache_dir, progress_bar=not quiet).summary())
+    echo(merge(ref, cache_dir, progress_bar=not quiet).summary())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,10 +340,10 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
                   backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
                   progress_bar=not quiet, head_params=fixed_params, exclude=exclude, views_at_test=views_at_test)
     if as_json:
-        click.echo(json.dumps(run.to_row()))
+        echo(json.dumps(run.to_row()))
     else:
-        click.echo(run.summary())
-        click.echo(f"test accuracy: {run.test_accuracy:.4f}")
+        echo(run.summary())
+        echo(f"test accuracy: {run.test_accuracy:.4f}")
 
 
 @main.command(short_help="Duplicates, leaks, label errors, outliers.")
@@ -361,9 +370,9 @@ def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet,
     result = run_audit(cfg, progress_bar=not quiet)
     written = write(result, out, say=not quiet)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "written": [str(p) for p in written]}))
+        echo(json.dumps({**result.to_dict(), "written": [str(p) for p in written]}))
     else:
-        click.echo(summary(result, written))
+        echo(summary(result, written))
 
 
 @main.command(short_help="List heads, parameters, default grids.")
@@ -374,8 +383,8 @@ def heads():
     for name in list_heads():
         cls = get_head(name)
         grid = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in cls.default_grid.items()) or "-"
-        click.echo(f"{name:8} default grid: {grid}")
-        click.echo(f"{'':8} parameters: {', '.join(f'{k} ({r.describe()})' for k, r in cls._param_rules.items())}")
+        echo(f"{name:8} default grid: {grid}")
+        echo(f"{'':8} parameters: {', '.join(f'{k} ({r.describe()})' for k, r in cls._param_rules.items())}")
 
 
 
@@ -424,7 +433,7 @@ def report(targets, out, runs_dir):
         from featcache.sweeps import render as render_sweep
 
         for path in render_sweep(targets[0]):
-            click.echo(f"wrote {path}")
+            echo(f"wrote {path}")
         return
     loaded = [load_run(t) for t in targets]
     from featcache.runs import check_features
@@ -433,14 +442,14 @@ def report(targets, out, runs_dir):
         check_features(run)
     if len(loaded) == 1:
         for path in rep.render_run(loaded[0]):
-            click.echo(f"wrote {path}")
+            echo(f"wrote {path}")
         return
     from datetime import datetime
 
     folder = Path(out) if out else config.runs_dir(runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     md, page = rep.render_comparison(loaded, folder)
-    click.echo(md.read_text())
-    click.echo(f"wrote {md} and {page}")
+    echo(md.read_text(encoding="utf-8"))
+    echo(f"wrote {md} and {page}")
 
 
 @main.command(short_help="Label new images with a run.")
@@ -464,7 +473,7 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
     if run is None:
         run = latest(config.runs_dir(runs_dir))
         if not quiet:
-            click.echo(f"using run {run} (the newest)", err=True)
+            echo(f"using run {run} (the newest)", err=True)
 
     if features:
         results = predict_features(features, run, cache_dir=cache_dir)
@@ -472,14 +481,14 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
         results = run_predict(inputs, run, batch_size=batch_size, device=device,
                               cache_dir=cache_dir, progress_bar=not quiet)
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in results]))
+        echo(json.dumps([r.as_dict() for r in results]))
         return
     for r in results:
         d = r.as_dict()
         if r.error:
-            click.echo(f"{d['path']}\terror: {r.error}")
+            echo(f"{printable(d['path'])}\terror: {printable(r.error)}")
         else:
-            click.echo(f"{d['path']}\t{r.label}\t{r.confidence:.4f}")
+            echo(f"{printable(d['path'])}\t{printable(r.label)}\t{r.confidence:.4f}")
 
 
 @main.command(short_help="Backbones x layers x heads: a leaderboard.")
@@ -508,8 +517,8 @@ def sweep(data, models, layers, pools, views, heads, params, config_file, image_
     folder = run_sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), views=list(views), heads=list(heads),
                        params=list(params), config_file=config_file, image_size=image_size, cv=cv, test_size=test_size,
                        seed=seed, out=out, cache_dir=cache_dir, progress_bar=not quiet)
-    click.echo((folder / "leaderboard.md").read_text())
-    click.echo(f"leaderboard: {folder / 'leaderboard.html'}")
+    echo((folder / "leaderboard.md").read_text(encoding="utf-8"))
+    echo(f"leaderboard: {folder / 'leaderboard.html'}")
 
 
 def _cache_path(cache_dir):

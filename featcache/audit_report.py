@@ -16,6 +16,7 @@ from .audit import KIND_TITLES, AuditResult, Finding
 from .files import output_dir, write_csv
 from .gallery import Card, Thumbnails
 from .manifest import display
+from .text import Code, Link, printable
 
 MAX_CARDS = 200  # per section on the page; audit.csv lists every finding
 OUT_FIX = "choose another folder with --out, or make it writable"
@@ -62,18 +63,20 @@ def _blocks(result: AuditResult, thumbs: Thumbnails, bar) -> list:
     fs, cfg, counts = result.feature_set, result.config, result.counts()
     shape = "x".join(map(str, fs["feature_shape"]))
     blocks: list = [
-        ("p", f"Feature set `{fs['id']}`: {fs['model']} / {fs['layer']} / pool={fs['pool']} ({shape}), {fs['rows']} images "
-              f"of {fs['files']} files in {fs.get('data_root')}. Near duplicates: cosine similarity at least {cfg.threshold:g} "
-              f"between pooled (maps: max over positions), L2-normalised features. Leaks: against the test set and {cfg.cv} CV folds that "
-              f"`featcache fit --test-size {cfg.test_size:g} --seed {cfg.seed} --cv {cfg.cv}` makes."),
+        ("p", ["Feature set ", Code(fs["id"]),
+               (f": {fs['model']} / {fs['layer']} / pool={fs['pool']} ({shape}), {fs['rows']} images of {fs['files']} files in "
+                f"{fs.get('data_root')}. Near duplicates: cosine similarity at least {cfg.threshold:g} between pooled (maps: max "
+                f"over positions), L2-normalised features. Leaks: against the test set and {cfg.cv} CV folds that "),
+               Code(f"featcache fit --test-size {cfg.test_size:g} --seed {cfg.seed} --cv {cfg.cv}"), " makes."]),
         ("table", ["finding", "count", "what it means"], [[label, counts[key], text] for key, label, text in COUNT_ROWS]),
     ]
     for note in result.notes:
         blocks.append(("p", f"Note: {note}."))
     if not thumbs.available:
         blocks.append(("p", f"Note: the images are not in {thumbs.data_root}: no thumbnails (pass --data)."))
-    blocks.append(("p", "Every flagged file is listed in [audit.csv](audit.csv) with a suggested action (keep, drop, review); "
-                        "a filtered copy of it can be passed to `featcache fit --exclude FILE`."))
+    blocks.append(("p", ["Every flagged file is listed in ", Link("audit.csv", "audit.csv"),
+                         " with a suggested action (keep, drop, review); a filtered copy of it can be passed to ",
+                         Code("featcache fit --exclude FILE"), "."]))
     sections = (("exact_duplicate", "Exact duplicates"), ("near_duplicate", "Near duplicates"),
                 ("label_error", "Likely label errors"), ("outlier", "Outliers"))
     for kind, heading in sections:
@@ -94,12 +97,12 @@ def _card(number: int, f: Finding, result: AuditResult, thumbs: Thumbnails, bar)
     images = []
     for entry, action in zip(f.entries, f.actions):
         where = e.place[entry] or e.splits[entry] or "no features"
-        caption = f"{display(e.paths[entry])}\n{e.labels[entry] or 'unlabelled'} · {where}"
+        caption = [display(e.paths[entry]), f"{e.labels[entry] or 'unlabelled'} · {where}"]
         if action in ("keep", "drop"):
-            caption += f" · {action}"
+            caption[1] += f" · {action}"
         images.append((thumbs(e.paths[entry]), caption))
     for entry in f.context:
-        images.append((thumbs(e.paths[entry]), f"most similar: {display(e.paths[entry])}\n{e.labels[entry] or 'unlabelled'}"))
+        images.append((thumbs(e.paths[entry]), [f"most similar: {display(e.paths[entry])}", e.labels[entry] or "unlabelled"]))
     bar.update(1)
     return Card(title=f"{number}. {f.severity} · {KIND_TITLES[f.kind]}{flags}", text=f.detail, images=images, tone=f.severity)
 
@@ -113,13 +116,13 @@ def summary(result: AuditResult, written: list[Path] | None = None, worst: int =
     for key, label, _ in COUNT_ROWS:
         lines.append(f"  {label:<{width}}  {counts[key]:>5}")
     for note in result.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {printable(note)}")
     ordered = result.ordered()
     if ordered:
         lines.append("worst:")
         for f in ordered[:worst]:
-            who = " = ".join(display(e.paths[i]) for i in f.entries[:3]) + (" ..." if len(f.entries) > 3 else "")
-            lines.append(f"  {f.severity:<6} {KIND_TITLES[f.kind]:<18} {who}: {f.detail}")
+            who = " = ".join(printable(e.paths[i]) for i in f.entries[:3]) + (" ..." if len(f.entries) > 3 else "")
+            lines.append(f"  {f.severity:<6} {KIND_TITLES[f.kind]:<18} {who}: {printable(f.detail)}")
     if written:
         lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)

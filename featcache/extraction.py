@@ -25,6 +25,7 @@ from .files import output_dir
 from .manifest import SPLITS, Manifest, display, hash_files, scan
 from .staging import Staging
 from .store import FORMAT_VERSION, FeatureSet, open_verified, write_isolated
+from .text import printable
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ExtractResult:
         """How the folder was read (classes, splits), so a layout read as something else shows at once."""
         if not self.class_names:
             return "unlabelled (no class folders)"
-        names = [display(c) for c in self.class_names[:self.SHOWN_CLASSES]]
+        names = [printable(c) for c in self.class_names[:self.SHOWN_CLASSES]]
         more = len(self.class_names) - len(names)
         text = f"{len(self.class_names)} class{'es' if len(self.class_names) != 1 else ''}: {', '.join(names)}"
         text += f", ... ({more} more)" if more else ""

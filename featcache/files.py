@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -62,13 +63,40 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
     return atomic_save(path, lambda f: f.write(payload))
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV injection"): a label or a file
+# name such as =HYPERLINK(...) would run when someone opens audit.csv. A leading ' makes it text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def to_cell(value) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs: ``'`` before a cell that starts like a
+    formula (a plain number such as -0.25 stays a number), and before one that already starts with ``'``
+    and such a character, so that ``from_cell`` gives back exactly what was written."""
+    text = str(value)
+    if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) or text.startswith("'") and text[1:2] in (*FORMULA_START, "'"):
+        return "'" + text
+    return text
+
+
+def from_cell(text: str) -> str:
+    """The value ``to_cell`` wrote (featcache's readers of its own CSV files go through this)."""
+    return text[1:] if text.startswith("'") and text[1:2] in (*FORMULA_START, "'") else text
+
+
 def write_csv(path: Path, header: list[str], rows) -> Path:
-    """A CSV file (header, then ``rows``), written atomically."""
+    """A CSV file (header, then ``rows``), written atomically, every cell through ``to_cell``."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([to_cell(c) for c in header])
+    writer.writerows([to_cell(c) for c in row] for row in rows)
     return atomic_write(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    """The rows of a CSV file that ``write_csv`` wrote, header first, each cell as it was given."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [[from_cell(c) for c in row] for row in csv.reader(f)]
 
 
 def write_json(path: Path, obj, indent: int | None = 2) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_save
+from .text import Inline, url
 
 THUMB_SIDE = 160
 CARD_STYLE = (
@@ -33,9 +34,10 @@ CARD_STYLE = (
 
 @dataclass
 class Card:
-    title: str
-    text: str
-    images: list[tuple[str | None, str]] = field(default_factory=list)  # (thumbnail path relative to the page, caption)
+    title: Inline  # plain text, or featcache's own spans (featcache.text)
+    text: Inline
+    # (thumbnail path relative to the page, caption: one line of plain text or a list of them)
+    images: list[tuple[str | None, str | list[str]]] = field(default_factory=list)
     tone: str = "low"
 
 
@@ -88,26 +90,31 @@ class Thumbnails:
         return f"{self.folder}/{name}"
 
 
-def cards_markdown(cards: list[Card]) -> str:
+def _lines(caption: str | list[str]) -> list[str]:
+    return [caption] if isinstance(caption, str) else list(caption)
+
+
+def cards_markdown(cards: list[Card], inline) -> str:
+    """``inline``: the report's Markdown renderer of inline content (report.md_inline)."""
     out = []
     for card in cards:
-        out.append(f"**{card.title}**: {card.text}  ")
-        out.append(" ".join(f"![{_md(caption)}]({src})" if src else f"({_md(caption)}: image unavailable)"
-                            for src, caption in card.images))
+        out.append(f"**{inline(card.title)}**: {inline(card.text)}  ")
+        out.append(" ".join(f"![{inline(' · '.join(_lines(caption)))}]({url(src)})" if src
+                            else f"({inline(' · '.join(_lines(caption)))}: image unavailable)" for src, caption in card.images))
         out.append("")
     return "\n".join(out)
 
 
 def cards_html(cards: list[Card], inline) -> str:
-    """``inline``: the report's text renderer (escapes, `code`, links)."""
+    """``inline``: the report's HTML renderer of inline content (report.html_inline: user text is escaped)."""
     parts = ['<div class="cards">']
     for card in cards:
         figures = []
         for src, caption in card.images:
-            text = "<br>".join(html.escape(line) for line in caption.split("\n"))
-            alt = html.escape(caption.replace("\n", " "))
+            text = "<br>".join(inline(line) for line in _lines(caption))
+            alt = inline(" ".join(_lines(caption)))
             if src:
-                figures.append(f'<figure><img src="{html.escape(src)}" alt="{alt}"><figcaption>{text}</figcaption></figure>')
+                figures.append(f'<figure><img src="{html.escape(url(src))}" alt="{alt}"><figcaption>{text}</figcaption></figure>')
             else:
                 figures.append(f'<figure><div class="missing">image unavailable</div><figcaption>{text}</figcaption></figure>')
         width = 170 * max(1, len(card.images)) + 20  # the images side by side set the card's width; text wraps
@@ -115,7 +122,3 @@ def cards_html(cards: list[Card], inline) -> str:
                      f'<div class="text">{inline(card.text)}</div><div class="imgs">{"".join(figures)}</div></div>')
     parts.append("</div>")
     return "".join(parts)
-
-
-def _md(text: str) -> str:
-    return text.replace("[", "(").replace("]", ")").replace("\n", " · ")

@@ -19,7 +19,7 @@ from classifiers import get_head
 from . import cache as cache_mod
 from . import config, progress
 from .errors import CacheError, DataError, FeatcacheError
-from .files import output_dir, writable_dir
+from .files import from_cell, output_dir, writable_dir
 from .manifest import diff, scan
 from .params import check_grid
 from .search import grid_search
@@ -71,19 +71,23 @@ def read_exclusions(source, manifest_paths: list[str], data_root: str | None) ->
     ``audit.csv``, or a list of paths), as paths of the feature set's manifest. A name that is not a
     file of the feature set is an error, not silently ignored."""
     import csv
+    import io
 
     if isinstance(source, (str, os.PathLike)):
         where = Path(source)
         try:
-            lines = where.read_text(encoding="utf-8-sig").splitlines()
+            with open(where, encoding="utf-8-sig", newline="") as f:  # newline="": a \r in a quoted name stays one
+                text = f.read()
         except (OSError, UnicodeDecodeError) as err:
             raise FeatcacheError(f"cannot read --exclude file {where} ({err}): give a list of paths, one per line, "
                                  "or a CSV with a path column (e.g. a filtered audit.csv)") from None
-        rows = list(csv.reader(lines))
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        lines = text.splitlines()
         header = [c.strip().lower() for c in rows[0]] if rows else []
         if "path" in header:
             at = header.index("path")
-            names = [r[at].strip() for r in rows[1:] if len(r) > at and r[at].strip()]
+            # from_cell: audit.csv put a ' before a path that starts like a spreadsheet formula
+            names = [from_cell(r[at]) for r in rows[1:] if len(r) > at and r[at]]
         else:
             names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         what = str(where)
@@ -93,9 +97,12 @@ def read_exclusions(source, manifest_paths: list[str], data_root: str | None) ->
     root = os.path.abspath(data_root) if data_root else None
     out, unknown = [], []
     for name in names:
-        rel = os.path.normpath(name)
-        if os.path.isabs(name) and root:
-            rel = os.path.relpath(os.path.abspath(name), root)
+        for written in (name, name.strip()):  # exactly as written (a name may end with a space), else trimmed
+            rel = os.path.normpath(written)
+            if os.path.isabs(written) and root:
+                rel = os.path.relpath(os.path.abspath(written), root)
+            if rel in known:
+                break
         (out if rel in known else unknown).append(rel)
     if unknown:
         raise FeatcacheError(

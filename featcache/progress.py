@@ -1,4 +1,5 @@
-"""Progress bars on stderr with rate and ETA; silent under ``--quiet`` or ``progress=False``."""
+"""Progress bars on stderr with rate and ETA; silent under ``--quiet`` or ``progress=False``. What they
+show goes through ``text.terminal``, as everything cli.py prints does: a name can hold escape sequences."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import sys
 
 from tqdm.auto import tqdm
 
+from .text import terminal
+
 
 def bar(total: int | None, desc: str, enabled: bool = True, unit: str = "img", position: int | None = None):
     return tqdm(
         total=total,
-        desc=desc,
+        desc=terminal(desc),
         unit=unit,
         file=sys.stderr,
         disable=not enabled,
@@ -25,4 +28,4 @@ def bar(total: int | None, desc: str, enabled: bool = True, unit: str = "img", p
 def say(message: str, enabled: bool = True) -> None:
     """A status line on stderr (stdout is kept for results)."""
     if enabled:
-        tqdm.write(message, file=sys.stderr)
+        tqdm.write(terminal(message), file=sys.stderr)

@@ -17,8 +17,10 @@ import numpy as np
 from . import run_gallery
 from .errors import RunError
 from .files import output_dir
+from .text import Code, Inline, Link, Strong, printable, url
 
-Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt) | ("cards", [gallery.Card])
+Block = tuple  # ("h", level, Inline) | ("p", Inline) | ("table", header, rows of Inline) | ("img", path, alt) | ("cards", [gallery.Card])
+# Inline (featcache.text): plain text, escaped in both formats, or the Code/Strong/Link spans that only featcache makes.
 
 
 # ---------------------------------------------------------------------------------------- render
@@ -27,20 +29,20 @@ def to_markdown(blocks: list[Block]) -> str:
     for block in blocks:
         kind = block[0]
         if kind == "h":
-            out.append("#" * block[1] + " " + block[2])
+            out.append("#" * block[1] + " " + md_inline(block[2]))
         elif kind == "p":
-            out.append(block[1])
+            out.append(_MD_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), md_inline(block[1]), count=1))
         elif kind == "table":
             header, rows = block[1], block[2]
-            out.append("| " + " | ".join(map(str, header)) + " |")
+            out.append("| " + " | ".join(md_inline(c, cell=True) for c in header) + " |")
             out.append("|" + "|".join("---" for _ in header) + "|")
-            out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+            out += ["| " + " | ".join(md_inline(c, cell=True) for c in row) + " |" for row in rows]
         elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
+            out.append(f"![{md_inline(block[2])}]({url(block[1])})")
         elif kind == "cards":
             from .gallery import cards_markdown
 
-            out.append(cards_markdown(block[1]))
+            out.append(cards_markdown(block[1], md_inline))
         out.append("")
     return "\n".join(out)
 
@@ -50,21 +52,21 @@ def to_html(blocks: list[Block], title: str) -> str:
     for block in blocks:
         kind = block[0]
         if kind == "h":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+            body.append(f"<h{block[1]}>{html_inline(block[2])}</h{block[1]}>")
         elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
+            body.append(f"<p>{html_inline(block[1])}</p>")
         elif kind == "table":
             numeric = _numeric_columns(block[1], block[2])
-            head = "".join(f"<th{' class=num' if numeric[k] else ''}>{html.escape(str(c))}</th>" for k, c in enumerate(block[1]))
-            rows = "".join("<tr>" + "".join(f"<td{' class=num' if numeric[k] else ''}>{_inline(str(c))}</td>"
+            head = "".join(f"<th{' class=num' if numeric[k] else ''}>{html_inline(c)}</th>" for k, c in enumerate(block[1]))
+            rows = "".join("<tr>" + "".join(f"<td{' class=num' if numeric[k] else ''}>{html_inline(c)}</td>"
                                             for k, c in enumerate(row)) + "</tr>" for row in block[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
-            body.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+            body.append(f'<p><img src="{html.escape(url(block[1]))}" alt="{_html_text(plain(block[2]))}"></p>')
         elif kind == "cards":
             from .gallery import cards_html
 
-            body.append(cards_html(block[1], _inline))
+            body.append(cards_html(block[1], html_inline))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:left}th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}"
@@ -74,7 +76,10 @@ def to_html(blocks: list[Block], title: str) -> str:
         from .gallery import CARD_STYLE
 
         style += CARD_STYLE
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    # No script of any kind runs on a report page (a javascript: URL included), should text ever slip through as markup.
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"script-src 'none'; object-src 'none'\">"
+            f"<title>{html_inline(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
@@ -83,22 +88,86 @@ _NUMBER = re.compile(r"[-+]?\d[\d.,]*(e[-+]?\d+)?%?(\s*(\+-|±)\s*\d[\d.]*)?( \(
 
 def _numeric_columns(header: list, rows: list[list]) -> list[bool]:
     """Columns to right-align: every cell a number (or "-"), except the first column (row labels)."""
-    return [k > 0 and bool(rows) and all(_NUMBER.fullmatch(str(row[k]).strip()) for row in rows if k < len(row))
+    return [k > 0 and bool(rows) and all(_NUMBER.fullmatch(plain(row[k]).strip()) for row in rows if k < len(row))
             for k in range(len(header))]
 
 
-def _inline(text: str) -> str:
-    """Escape, then turn `code`, **bold** and [label](link) into tags (the only inline Markdown we emit)."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*\s](?:[^*]*[^*\s])?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+def plain(value: Inline) -> str:
+    """The text of inline content without its markup."""
+    if isinstance(value, list):
+        return "".join(map(plain, value))
+    if isinstance(value, Link):
+        return value.label
+    return value.text if isinstance(value, (Code, Strong)) else str(value)
+
+
+def html_inline(value: Inline) -> str:
+    if isinstance(value, list):
+        return "".join(map(html_inline, value))
+    if isinstance(value, Code):
+        return f"<code>{_html_text(value.text)}</code>"
+    if isinstance(value, Strong):
+        return f"<strong>{_html_text(value.text)}</strong>"
+    if isinstance(value, Link):
+        return f'<a href="{html.escape(url(value.href))}">{_html_text(value.label)}</a>'
+    return _html_text(value)
+
+
+def _html_text(text) -> str:
+    return html.escape(printable(str(text)))
+
+
+def md_inline(value: Inline, cell: bool = False) -> str:
+    """Markdown source for inline content; ``cell``: inside a table row, where ``|`` ends the cell."""
+    if isinstance(value, list):
+        return "".join(md_inline(v, cell) for v in value)
+    if isinstance(value, Code):
+        return _md_code(value.text, cell)
+    if isinstance(value, Strong):
+        return f"**{md_text(value.text)}**"
+    if isinstance(value, Link):
+        return f"[{md_text(value.label)}]({url(value.href)})"
+    return md_text(value)
+
+
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|~&_#]")  # "#": a heading's text ending in # would lose it
+_MD_BLOCK_START = re.compile(r"^(\d{0,9})((?<=\d)[.)]|(?<!\d)[+-])")  # a paragraph starting so would be a heading or a list
+
+
+def md_text(text) -> str:
+    """Plain text as Markdown source that renders as exactly that text: control characters made visible
+    (``printable``), then every character that could start markup backslash-escaped (CommonMark allows a
+    backslash before any ASCII punctuation). A ``_`` between two letters or digits cannot emphasise and is
+    left alone, so ``efficientnet_lite0`` stays readable in the .md file."""
+    text = printable(str(text))
+
+    def escape(m: re.Match) -> str:
+        at, char = m.start(), m.group()
+        if char == "_" and 0 < at < len(text) - 1 and text[at - 1].isalnum() and text[at + 1].isalnum():
+            return char
+        return "\\" + char
+
+    return _MD_SPECIAL.sub(escape, text)
+
+
+def _md_code(text: str, cell: bool) -> str:
+    """A code span: backslashes are literal in it, so only backticks (a longer fence) and, in a table, pipes
+    need care."""
+    text = printable(str(text))
+    if not text:
+        return ""
+    if cell:
+        text = text.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    # A space inside each end: needed next to a backtick, and one a renderer strips from " x " (CommonMark 6.1)
+    pad = " " if text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def write(directory: Path, stem: str, blocks: list[Block], title: str) -> tuple[Path, Path]:
     md, page = directory / f"{stem}.md", directory / f"{stem}.html"
-    md.write_text(f"# {title}\n\n" + to_markdown(blocks))
-    page.write_text(to_html([("h", 1, title)] + blocks, title))
+    md.write_text(f"# {md_text(title)}\n\n" + to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html([("h", 1, title)] + blocks, title), encoding="utf-8")
     return md, page
 
 
@@ -153,8 +222,9 @@ def plot_confusion(matrix: list[list[int]], names: list[str], out: Path) -> Path
     fig = figure((size, size * 0.85))
     ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    names = [printable(n) for n in names]  # parse_math=False: a class named $\foo$ is text, not TeX to fail on
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8, parse_math=False)
+    ax.set_yticks(range(len(names)), names, fontsize=8, parse_math=False)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8, color="white" if m[i, j] > m.max() / 2 else "black")
@@ -200,11 +270,11 @@ def run_blocks(run) -> list[Block]:
     plots.mkdir(exist_ok=True)
     f, split = p.features, p.split
     blocks: list[Block] = [
-        ("p", f"Head **{p.head}** on feature set `{f['id']}`: {feature_line(f)}."),
-        ("p", f"Split: {split['test']} (seed {p.seed}); {split['n_cv']} images in {p.cv}-fold "
-              f"cross-validation, {split['n_test']} test images"
-              + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else ".")
-              + run_gallery.split_note(p)),
+        ("p", ["Head ", Strong(p.head), " on feature set ", Code(f["id"]), f": {feature_line(f)}."]),
+        ("p", [f"Split: {split['test']} (seed {p.seed}); {split['n_cv']} images in {p.cv}-fold "
+               f"cross-validation, {split['n_test']} test images"
+               + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else "."),
+               run_gallery.split_note(p)]),
         ("h", 2, "Result"),
         ("table", ["", "value"], [
             ["best parameters", _params_text(m.best_params)],
@@ -215,8 +285,9 @@ def run_blocks(run) -> list[Block]:
     ]
     blocks += views_blocks(m)
     if m.best_on_edge:
-        blocks.append(("p", "Warning: the best value of " + ", ".join(f"`{n}`" for n in m.best_on_edge)
-                       + " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."))
+        edge = [[", " if k else "", Code(n)] for k, n in enumerate(m.best_on_edge)]
+        blocks.append(("p", ["Warning: the best value of ", edge,
+                             " is at the edge of the grid; the optimum may lie outside it: widen the grid with --param."]))
     searched = [k[len("param_"):] for k in table if k.startswith("param_")]
     blocks += [("h", 2, "Grid search"), ("table", _grid_header(table, searched), _grid_rows(table, searched))]
     for name in searched:
@@ -245,12 +316,12 @@ def views_blocks(m) -> list[Block]:
     if not v:
         return []
     used = {"mean": f"mean over the {v['n']} views (test-time augmentation)", "first": "view 0 only (the plain crop)"}
-    rows = [[used[how] + (" **(this run)**" if how == v["at_test"] else ""), f"{acc:.4f}"]
+    rows = [[[used[how], " ", Strong("(this run)")] if how == v["at_test"] else used[how], f"{acc:.4f}"]
             for how, acc in v["test_accuracy"].items()]
     return [("h", 2, "Views"),
-            ("p", f"Feature set with {v['n']} views per image (`{v['recipe']}`): every view of a training image trained "
-                  f"the head; CV folds and the test set hold whole images and are scored per image "
-                  f"(`--views-at-test {v['at_test']}`)."),
+            ("p", [f"Feature set with {v['n']} views per image (", Code(v["recipe"]),
+                   ("): every view of a training image trained the head; CV folds and the test set hold whole images and "
+                    "are scored per image ("), Code(f"--views-at-test {v['at_test']}"), ")."]),
             ("table", ["scored on", "test accuracy"], rows)]
 
 
@@ -280,7 +351,7 @@ def compare_blocks(runs: list, out: Path) -> list[Block]:
     for r in sorted(runs, key=lambda r: -r.metrics.best_cv_mean):
         m, f = r.metrics, r.params.features
         link = os.path.relpath(r.path / "report.html", out)
-        rows.append([f"[{r.name}]({link})", r.params.head, f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
+        rows.append([Link(r.name, link), r.params.head, f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
                      _params_text(m.best_params), f"{m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}",
                      f"{m.test.accuracy:.4f}", f"{m.fit_seconds:.2f}"])
     blocks: list[Block] = [("table", ["run", "head", "features", "set", "best params", "CV accuracy", "test accuracy", "fit s"], rows)]
@@ -299,7 +370,8 @@ def plot_comparison(runs: list, out: Path) -> Path:
     ax.errorbar(xs, [r.metrics.best_cv_mean for r in runs], yerr=[r.metrics.best_cv_std for r in runs],
                 fmt="o", capsize=4, label="CV mean +- std")
     ax.scatter(xs, [r.test_accuracy for r in runs], marker="x", color="C3", label="test", zorder=3)
-    ax.set_xticks(list(xs), [f"{r.params.head}\n{r.params.features['model']}\n{r.name[:15]}" for r in runs], fontsize=7)
+    ax.set_xticks(list(xs), [f"{r.params.head}\n{printable(r.params.features['model'])}\n{printable(r.name[:15])}" for r in runs],
+                  fontsize=7, parse_math=False)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -11,15 +11,19 @@ seconds to every fit. Plots use matplotlib's ``Figure`` API (no pyplot state, no
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
 
-from .files import write_csv
+from .errors import RunError
+from .files import read_csv, write_csv
 from .gallery import Card, Thumbnails
 from .manifest import display
+from .text import Code, printable
 
 MAP_FILE = "map.csv"
+MAP_COLUMNS = ["path", "x", "y", "label", "role", "predicted"]  # then "explained=PC1,PC2" (fractions of the variance)
 MAX_MISCLASSIFIED = 60
 MAX_EXCLUDED_LISTED = 50
 
@@ -44,7 +48,7 @@ def write_map(path: Path, X: np.ndarray, paths: list[str], labels: np.ndarray, c
     xy = pca.fit_transform(Z)
     explained = pca.explained_variance_ratio_.tolist()
     is_test = np.r_[np.zeros(len(cv_rows), bool), np.ones(len(test_rows), bool)]
-    header = ["path", "x", "y", "label", "role", "predicted", f"explained={explained[0]:.6f},{explained[1]:.6f}"]
+    header = [*MAP_COLUMNS, f"explained={explained[0]:.6f},{explained[1]:.6f}"]
     return write_csv(path, header, (
         [display(paths[row]), f"{x:.5f}", f"{y:.5f}", class_names[int(labels[row])], "test" if test else "cv",
          predicted.get(row, "") if test else "", ""]
@@ -52,14 +56,28 @@ def write_map(path: Path, X: np.ndarray, paths: list[str], labels: np.ndarray, c
 
 
 def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
+    """The rows of ``map.csv`` (x and y as floats) and the variance its two axes explain; None if there is
+    none. A file that is not what ``write_map`` wrote is a one-line RunError: the report can do without it."""
     if not path.is_file():
         return None
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        explained = tuple(float(v) for v in header[-1].removeprefix("explained=").split(","))
-        rows = [dict(zip(header[:6], r[:6])) for r in reader]
-    return rows, explained  # type: ignore[return-value]
+    try:
+        header, *lines = read_csv(path) or [[]]
+        if header[:6] != MAP_COLUMNS or len(header) < 7 or not header[6].startswith("explained="):
+            raise ValueError(f"unexpected header {','.join(header[:7])[:80]!r}")
+        first, second = (float(v) for v in header[6].removeprefix("explained=").split(","))
+        rows = []
+        for number, line in enumerate(lines, 2):
+            row = dict(zip(MAP_COLUMNS, line))
+            if len(row) < len(MAP_COLUMNS) or row["role"] not in ("test", "cv"):
+                raise ValueError(f"line {number} is not path,x,y,label,role,predicted")
+            row["x"], row["y"] = float(row["x"]), float(row["y"])
+            if not math.isfinite(row["x"] + row["y"]):
+                raise ValueError(f"line {number} has a coordinate that is not a finite number")
+            rows.append(row)
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
+        raise RunError(f"{path} is damaged ({err}): delete it to render the report without the feature map, "
+                       "or fit again to make a new one") from None
+    return rows, (first, second)
 
 
 def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, float], out: Path) -> Path:
@@ -68,8 +86,8 @@ def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, f
     colours = _colours(len(class_names))
     fig = figure((7.5, 5.2))
     ax = fig.subplots()
-    x = np.array([float(r["x"]) for r in rows])
-    y = np.array([float(r["y"]) for r in rows])
+    x = np.array([r["x"] for r in rows])
+    y = np.array([r["y"] for r in rows])
     label = np.array([r["label"] for r in rows])
     test = np.array([r["role"] == "test" for r in rows])
     wrong = test & np.array([r["predicted"] not in ("", r["label"]) for r in rows])
@@ -77,7 +95,7 @@ def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, f
         mine = label == name
         ax.scatter(x[mine & ~test], y[mine & ~test], s=9, color=colours[k], alpha=0.45, linewidths=0)
         ax.scatter(x[mine & test], y[mine & test], s=26, color=colours[k], alpha=0.95, linewidths=0.4, edgecolors="white",
-                   label=name)
+                   label=printable(name))
     if wrong.any():
         ax.scatter(x[wrong], y[wrong], s=95, facecolors="none", edgecolors="black", linewidths=1.3,
                    label=f"misclassified ({int(wrong.sum())})")
@@ -85,7 +103,10 @@ def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, f
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
     ax.set_title("feature set, PCA of pooled features: small dots CV images, large dots test images", fontsize=9)
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, ncols=1 if len(class_names) <= 20 else 2)
+    legend = ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+                       ncols=1 if len(class_names) <= 20 else 2)
+    for text in legend.get_texts():
+        text.set_parse_math(False)  # class names are text: a name like $\foo$ is not TeX to fail on
     return save(fig, out)
 
 
@@ -100,8 +121,8 @@ def _misclassified(run) -> list[dict]:
     path = run.path / "test_predictions.csv"
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        wrong = [r for r in csv.DictReader(f) if r["true"] != r["predicted"]]
+    header, *rows = read_csv(path)
+    wrong = [r for r in (dict(zip(header, row)) for row in rows) if r["true"] != r["predicted"]]
     return sorted(wrong, key=lambda r: (-float(r["confidence"]), r["path"]))
 
 
@@ -142,14 +163,14 @@ def blocks(run) -> list:
     return out
 
 
-def split_note(params) -> str:
-    """The sentence added to the report's split line when files were excluded."""
+def split_note(params) -> list:
+    """The sentence added to the report's split line when files were excluded (inline content, see report.py)."""
     e = params.excluded
     if not e:
-        return ""
-    source = "a list" if e["source"] == "list" else f"`{Path(e['source']).name}`"
-    return (f" {len(e['paths'])} files excluded by --exclude {source}: {e['test']} from the test set, {e['cv']} from "
-            f"cross-validation" + (f", {e['without_features']} had no features anyway" if e.get("without_features") else "") + ".")
+        return []
+    source = "a list" if e["source"] == "list" else Code(Path(e["source"]).name)
+    return [f" {len(e['paths'])} files excluded by --exclude ", source, f": {e['test']} from the test set, {e['cv']} from "
+            "cross-validation" + (f", {e['without_features']} had no features anyway" if e.get("without_features") else "") + "."]
 
 
 def excluded_blocks(e: dict) -> list:

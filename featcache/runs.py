@@ -15,7 +15,6 @@ hash changed since it was saved.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -25,7 +24,7 @@ from pathlib import Path
 from classifiers import load_head, save_head
 
 from .errors import RunError
-from .files import sha256_file, write_json
+from .files import sha256_file, write_csv, write_json
 
 CHECKSUMS = "checksums.json"
 TRUSTED = ("params.json", "metrics.json", "test_predictions.csv", "head/head.safetensors", "head/head.json")
@@ -206,11 +205,9 @@ def save_run(path: Path, params: RunParams, metrics: RunMetrics, estimator, pred
     (path / CHECKSUMS).unlink(missing_ok=True)
     write_json(path / "params.json", params.to_dict())
     write_json(path / "metrics.json", metrics.to_dict())
-    with open(path / "test_predictions.csv", "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["path", "true", "predicted", "confidence"])
-        for rel, true, predicted, confidence in predictions:
-            writer.writerow([os.fsencode(rel).decode("utf-8", "backslashreplace"), true, predicted, f"{confidence:.6f}"])
+    write_csv(path / "test_predictions.csv", ["path", "true", "predicted", "confidence"],
+              ([os.fsencode(rel).decode("utf-8", "backslashreplace"), true, predicted, f"{confidence:.6f}"]
+               for rel, true, predicted, confidence in predictions))
     save_head(estimator, path / "head")
     run = Run(path, params, metrics, estimator)
     report.render_run(run)

@@ -14,7 +14,6 @@ folds because splits are assigned per input file (see ``splits``).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -30,8 +29,9 @@ from classifiers.registry import UnknownName
 from . import config, fingerprint, progress
 from .errors import FeatcacheError
 from .extract_config import ExtractConfig
-from .files import output_dir, write_json
+from .files import output_dir, read_csv, write_csv, write_json
 from .params import check_grid, parse_params
+from .text import Link, Strong, printable
 
 SWEEP_FILE = "sweep.json"
 
@@ -297,8 +297,8 @@ def bootstrap_interval(correct_a: np.ndarray, correct_b: np.ndarray, seed: int =
 
 
 def _test_correct(run_dir: Path) -> dict[str, bool]:
-    with open(run_dir / "test_predictions.csv") as f:
-        return {r["path"]: r["true"] == r["predicted"] for r in csv.DictReader(f)}
+    header, *rows = read_csv(run_dir / "test_predictions.csv")
+    return {r["path"]: r["true"] == r["predicted"] for r in (dict(zip(header, row)) for row in rows)}
 
 
 def render(out) -> list[Path]:
@@ -324,14 +324,11 @@ def render(out) -> list[Path]:
     blocks = _leaderboard_blocks(rows, out)
     md, page = report.write(out, "leaderboard", blocks, f"featcache sweep: {len(rows)} rows")
     csv_path = out / "leaderboard.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "model", "weights", "layer", "pool", "views", "head", "cv_mean", "cv_std", "test_accuracy", "best_params",
-                    "extract_images_per_second", "fit_seconds", "feature_mb", "run"])
-        for k, r in enumerate(rows, 1):
-            w.writerow([k, r["model"], r["weights"], r["layer"], r["pool"], r["views"], r["head"], f"{r['cv_mean']:.6f}", f"{r['cv_std']:.6f}",
-                        f"{r['test']:.6f}", json.dumps(r["best_params"]), f"{r['images_per_second']:.2f}", f"{r['fit_seconds']:.3f}",
-                        f"{r['feature_mb']:.2f}", os.path.relpath(r["run"].path, out)])
+    write_csv(csv_path, ["rank", "model", "weights", "layer", "pool", "views", "head", "cv_mean", "cv_std", "test_accuracy", "best_params",
+                         "extract_images_per_second", "fit_seconds", "feature_mb", "run"],
+              ([k, r["model"], r["weights"], r["layer"], r["pool"], r["views"], r["head"], f"{r['cv_mean']:.6f}", f"{r['cv_std']:.6f}",
+                f"{r['test']:.6f}", json.dumps(r["best_params"]), f"{r['images_per_second']:.2f}", f"{r['fit_seconds']:.3f}",
+                f"{r['feature_mb']:.2f}", os.path.relpath(r["run"].path, out)] for k, r in enumerate(rows, 1)))
     plot = _plot_cost(rows, out / "leaderboard.png")
     return [md, page, csv_path, plot]
 
@@ -341,12 +338,12 @@ def _leaderboard_blocks(rows: list[dict], out: Path) -> list:
 
     table = []
     for k, r in enumerate(rows, 1):
-        mark = "**best**" if k == 1 else str(k)
+        mark = Strong("best") if k == 1 else str(k)
         link = os.path.relpath(r["run"].path / "report.html", out)
         note = f" ({r['dropped']} dropped)" if r["dropped"] else ""
         table.append([mark, r["model"], r["weights"], r["layer"], r["pool"], r["views"], r["head"],
                       f"{r['cv_mean']:.4f} +- {r['cv_std']:.4f}", f"{r['test']:.4f}", _params_text(r["best_params"]),
-                      f"{r['images_per_second']:.1f}", f"{r['fit_seconds']:.2f}", f"{r['feature_mb']:.1f}", f"[run]({link}){note}"])
+                      f"{r['images_per_second']:.1f}", f"{r['fit_seconds']:.2f}", f"{r['feature_mb']:.1f}", [Link("run", link), note]])
     blocks = [("p", f"{len(rows)} rows, sorted by cross-validated accuracy. Every row uses the same "
                     f"{rows[0]['n_test'] if rows else 0} test images and the same CV folds (assigned per file)."),
               ("table", ["rank", "model", "weights", "layer", "pool", "views", "head", "CV accuracy", "test accuracy", "best params",
@@ -383,8 +380,9 @@ def _plot_cost(rows: list[dict], path: Path) -> Path:
         ax.errorbar(cost, [r["cv_mean"] for r in mine], yerr=[r["cv_std"] for r in mine], fmt="o", capsize=3, label=head, color=f"C{k}")
         for x, r in zip(cost, mine):
             views = "" if r["views"] == "none" else f" {r['views'].split(':seed')[0]}"
-            ax.annotate(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}\n{r['layer']} {r['pool']}{views}",
-                        (x, r["cv_mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+            ax.annotate(printable(f"{r['model']}{'' if r['weights'] == 'pretrained' else ' (' + r['weights'] + ')'}")
+                        + f"\n{printable(r['layer'])} {r['pool']}{views}",
+                        (x, r["cv_mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points", parse_math=False)
     ax.set_xlabel("extraction cost (ms per image, this machine)")
     ax.set_ylabel("CV accuracy")
     ax.grid(alpha=0.3)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import featcache
-from featcache.report import _inline
+from featcache.report import html_inline, md_inline
+from featcache.text import Code, Link, Strong
 from tests.conftest import make_images
 
 
 def test_inline_renders_bold_code_and_links_and_still_escapes():
-    assert _inline("Head **svm** on `abc` [run](x/report.html)") == (
-        'Head <strong>svm</strong> on <code>abc</code> <a href="x/report.html">run</a>')
-    assert _inline("**<b>**") == "<strong>&lt;b&gt;</strong>"
-    assert _inline("2 ** 3 and a*b") == "2 ** 3 and a*b"  # no pair of markers: left as written
+    content = ["Head ", Strong("svm"), " on ", Code("abc"), " ", Link("run", "x/report.html")]
+    assert html_inline(content) == 'Head <strong>svm</strong> on <code>abc</code> <a href="x/report.html">run</a>'
+    assert md_inline(content) == "Head **svm** on `abc` [run](x/report.html)"
+    assert html_inline(Strong("<b>")) == "<strong>&lt;b&gt;</strong>"
+    assert html_inline("2 ** 3 and a*b") == "2 ** 3 and a*b"  # plain text: never markup
+    assert md_inline("2 ** 3 and a*b") == "2 \\*\\* 3 and a\\*b"  # escaped, so a Markdown viewer shows it as written
 
 
 def test_run_report_and_sweep_leaderboard_html_show_bold_not_asterisks(tmp_path):

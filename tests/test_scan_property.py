@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from featcache.errors import DataError
 from featcache.extraction import ExtractResult, read_from
-from featcache.manifest import SPLIT_ALIASES, display, scan
+from featcache.manifest import SPLIT_ALIASES, scan
+from featcache.text import printable
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAME_MAX = 255  # bytes in one file name on Linux file systems
@@ -69,9 +70,6 @@ def test_a_scan_loses_no_row_and_invents_none(tree):
     assert m.class_names == sorted(tree) and m.unreadable == {} and m.left_out == [] and m.ignored == []
 
 
-@pytest.mark.xfail(display("\x1b") == "\x1b", strict=True,
-                   reason="manifest.display does not escape control characters yet: the terminal-escaping part of "
-                          "issue 20 makes it (this test then runs as a plain test)")
 @SETTINGS
 @given(TREES)
 @example({"\x1b]0;owned\x07": ["a"], "\x9b2J": ["b"], "line\nbreak": ["c"]})
@@ -81,7 +79,7 @@ def test_extracts_summary_shows_the_classes_without_raw_control_characters(tree)
         m = scan(tmp)
     line = ExtractResult("0123456789abcdef", Path("/cache/0123456789abcdef.h5"), len(m), (8,), **read_from(m)).summary()
     assert [ch for ch in line if unicodedata.category(ch) == "Cc"] == []
-    shown = ", ".join(display(c) for c in m.class_names[:ExtractResult.SHOWN_CLASSES])
+    shown = ", ".join(printable(c) for c in m.class_names[:ExtractResult.SHOWN_CLASSES])
     assert f"{len(m.class_names)} class" in line and shown in line
 
 
