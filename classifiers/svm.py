@@ -6,6 +6,8 @@ coordinates by an exact finite Newton method (``classifiers.squared_hinge``): th
 LinearSVC's, reached exactly rather than to liblinear's tolerance. A grid search over C shares one
 Gram matrix between every fold and C, solves every fold and class as one batch, walks C upwards
 from each previous solution and starts each fold from the all-rows solution (which is the refit).
+K is float64 to its rounding (``classifiers.linear.gram_matrix``), so K_SS + 1/(2C) stays positive
+definite on unnormalised rows of any norm, whatever BLAS kernel multiplies them.
 """
 
 from __future__ import annotations
