@@ -17,7 +17,7 @@ import time
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from classifiers.base import GridPath, Rule, heads
+from classifiers.base import CLASS_WEIGHT_TEXT, GridPath, Rule, finite_weights, heads
 from classifiers.linear import LinearHead, gram_matrix, one_vs_rest_targets, primal_weights
 from classifiers.squared_hinge import SquaredHingeBatch
 
@@ -46,7 +46,7 @@ class SVMHead(LinearHead):
         "dual": Rule(bool, options=("auto",)),
         "tol": Rule(float, gt=0),
         "max_iter": Rule(int, ge=1),
-        "class_weight": Rule(dict, options=("balanced",), none=True),
+        "class_weight": Rule(dict, options=("balanced",), none=True, check=finite_weights, text=CLASS_WEIGHT_TEXT),
         "random_state": Rule(int, ge=0, none=True),
         "solver": Rule(str, options=solvers),
     }

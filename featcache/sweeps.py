@@ -32,6 +32,7 @@ from .errors import FeatcacheError
 from .extract_config import ExtractConfig
 from .files import write_json
 from .params import check_grid, parse_params
+from .splits import check_split_options
 
 SWEEP_FILE = "sweep.json"
 
@@ -191,8 +192,10 @@ def validate(plan: SweepPlan) -> list:
         if head == "gap":
             problems += [f"{f.label}: the gap head needs spatial maps; use pool none for it, or drop gap"
                          for f, s in zip(plan.features, specs) if s is not None and len(s.feature_shape) != 3]
-    if plan.cv < 2:
-        problems.append(f"--cv {plan.cv}: cross-validation needs at least 2 folds")
+    try:
+        check_split_options(plan.cv, plan.test_size)
+    except FeatcacheError as err:
+        problems.append(str(err))
     if problems:
         raise FeatcacheError(_problems(problems))
     return specs
