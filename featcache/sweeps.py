@@ -86,7 +86,10 @@ def plan_from_options(data=None, models=None, layers=None, pools=None, heads=Non
         if not dot or head not in grids:
             problems.append(f"--param {item!r} must be HEAD.NAME=v1,v2 for a --head of this sweep ({', '.join(grids)})")
             continue
-        grids[head] = {**(grids[head] or {}), **_parse(head, [rest], problems)}
+        parsed = _parse(head, [rest], problems)
+        problems += [f"--param {head}.{name} is given twice: give it once, e.g. --param {head}.{name}=v1,v2"
+                     for name in parsed if name in (grids[head] or {})]
+        grids[head] = {**(grids[head] or {}), **parsed}
     return SweepPlan(data, features, grids, cv if cv is not None else DEFAULTS["cv"],
                      test_size if test_size is not None else DEFAULTS["test_size"], seed if seed is not None else DEFAULTS["seed"],
                      problems=problems)

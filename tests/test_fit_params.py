@@ -177,3 +177,11 @@ def test_fit_audit_and_sweep_check_cv_and_test_size_alike(tiny, tmp_path, option
     assert fit == audit == f"Error: {message}"
     assert sweep == f"Error: invalid sweep (1 problem): {message}"
     assert not any((tmp_path / d).exists() for d in ("runs", "audit", "sweep"))
+
+
+def test_sweep_refuses_a_head_parameter_given_twice():
+    from featcache.sweeps import plan_from_options
+
+    plan = plan_from_options(heads=["svm"], params=["svm.C=1", "svm.C=2"])
+    assert "--param svm.C is given twice: give it once, e.g. --param svm.C=v1,v2" in plan.problems
+    assert plan_from_options(heads=["svm"], params=["svm.C=1,2"]).problems == []
