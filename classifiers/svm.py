@@ -7,7 +7,8 @@ LinearSVC's, reached exactly rather than to liblinear's tolerance. A grid search
 Gram matrix between every fold and C, solves every fold and class as one batch, walks C upwards
 from each previous solution and starts each fold from the all-rows solution (which is the refit).
 K is float64 to its rounding (``classifiers.linear.gram_matrix``), so K_SS + 1/(2C) stays positive
-definite on unnormalised rows of any norm, whatever BLAS kernel multiplies them.
+definite on unnormalised rows, whatever BLAS kernel multiplies them, unless 1/(2C) is below that
+rounding (~1e-16 of K's largest entry: C ~ 1e12 on raw rows of norm 500), which fails with that reason.
 """
 
 from __future__ import annotations

@@ -56,11 +56,9 @@ def working_test_sizes(labels: np.ndarray, seed: int, cv: int) -> tuple[float, f
     return (works[0], works[-1]) if works else None
 
 
-def _test_size_fix(labels: np.ndarray, seed: int, cv: int) -> str:
+def _test_size_hint(labels: np.ndarray, seed: int, cv: int) -> str | None:
     sizes = working_test_sizes(labels, seed, cv)
-    if sizes is None:
-        return f"no --test-size leaves {max(cv, 2)} images of every class for --cv {cv}: add images, or lower --cv"
-    return f"use a --test-size between {sizes[0]:.2f} and {sizes[1]:.2f} (with --cv {cv})"
+    return None if sizes is None else f"use a --test-size between {sizes[0]:.2f} and {sizes[1]:.2f} (with --cv {cv})"
 
 
 def _check_test_size(test_size: float, labels: np.ndarray, seed: int, cv: int) -> None:
@@ -74,7 +72,8 @@ def _check_test_size(test_size: float, labels: np.ndarray, seed: int, cv: int) -
     raise FeatcacheError(
         f"--test-size {test_size:g} splits the {n} images ({k} classes) into {n_train} for training and {n_test} for test, "
         f"about {n_train / k:.1f} and {n_test / k:.1f} per class: each side needs at least one image of every class; "
-        + _test_size_fix(labels, seed, cv)
+        + (_test_size_hint(labels, seed, cv)
+           or f"no --test-size leaves {max(cv, 2)} images of every class for --cv {cv}: add images, or lower --cv")
     )
 
 
@@ -135,15 +134,16 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
         raise FeatcacheError("fewer than two classes are left for training after the test split: add images or lower --test-size")
     smallest, fewest = class_names[int(classes[np.argmin(counts)])], int(counts.min())
     stored = any(s == "test" for s in manifest_splits)
+    hint = None if stored or fewest >= cv else _test_size_hint(manifest_labels, seed, cv)
     if fewest < 2:  # no number of folds works: each fold's training side must hold every class
         raise FeatcacheError(
             f"class {smallest} has {fewest} image left for cross-validation after the test split, and cross-validation "
-            f"needs at least 2 per class: " + ("add images of it" if stored else _test_size_fix(manifest_labels, seed, cv))
+            f"needs at least 2 per class: {hint or 'add images of it'}"
         )
     if cv > fewest:
         raise FeatcacheError(
             f"--cv {cv} is larger than the smallest class ({smallest} has {fewest} images for cross-validation): "
-            f"use --cv {fewest} or fewer" + ("" if stored else f", or {_test_size_fix(manifest_labels, seed, cv)}")
+            f"use --cv {fewest} or fewer" + (f", or {hint}" if hint else "")
         )
     row_fold = fold[rows_entry[cv_rows]]
     folds = [(np.flatnonzero(row_fold != k), np.flatnonzero(row_fold == k)) for k in range(cv)]

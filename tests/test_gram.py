@@ -135,3 +135,13 @@ def test_ridge_on_raw_large_wide_rows_is_ridgeclassifier(alpha):
         ref = RidgeClassifier(alpha=alpha, solver="svd").fit(X.astype(np.float64), y)
     scale = np.abs(ref.decision_function(X)).max()
     np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X.astype(np.float64)), atol=1e-5 * scale)
+
+
+def test_svm_at_a_c_beyond_float64_precision_says_so():
+    """1/(2C) below K's float64 rounding: refused with the cause and the fix, not 'not positive semi-definite'."""
+    from numpy.linalg import LinAlgError
+
+    X, y = _raw(d=120)
+    get_head("svm")(C=1e9, normalize="none", solver="gram").fit(X, y)  # still within precision
+    with pytest.raises(LinAlgError, match=r"singular to float64 precision \(C up to 1e\+13 .*use a smaller C, or normalised rows"):
+        get_head("svm")(C=1e13, normalize="none", solver="gram").fit(X, y)
