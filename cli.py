@@ -310,7 +310,7 @@ def cache_merge(ref, cache_dir, quiet):
 @click.option("--head", "head", default="svm", show_default=True, help="Classifier head: svm, logreg, gap, mlp (see `featcache heads`).")
 @click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
 @click.option("--param", "params", multiple=True, metavar="NAME=v1,v2", help="Search these values (repeatable; several names form a full grid).")
-@click.option("--set", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a head parameter without searching it.")
+@click.option("--set", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a head parameter (one value; takes it out of the default grid).")
 @click.option("--cv", type=int, default=None, help="Cross-validation folds [default: 10 for svm, 5 otherwise].")
 @click.option("--test-size", type=float, default=0.2, show_default=True, help="Stratified hold-out fraction when there is no test/ split.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the hold-out, the folds and the heads.")
@@ -330,12 +330,12 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
         runs_dir, quiet, as_json):
     """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
     from classifiers import get_head
-    from featcache.params import parse_params
+    from featcache.params import parse_fixed, parse_params
     from featcache.pipeline import fit as run_fit
 
     head_cls = get_head(head)
     grid = parse_params(head_cls, params) if params else None
-    fixed_params = {k: v[0] for k, v in parse_params(head_cls, fixed).items()} if fixed else None
+    fixed_params = parse_fixed(head_cls, fixed) if fixed else None
     run = run_fit(head=head, features=features, params=grid, cv=cv, test_size=test_size, seed=seed, n_jobs=n_jobs,
                   backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
                   progress_bar=not quiet, head_params=fixed_params, exclude=exclude, views_at_test=views_at_test)

@@ -53,6 +53,10 @@ def save_head(estimator: Head, directory: str | os.PathLike) -> list[Path]:
     """
     from safetensors.numpy import save_file
 
+    bad = estimator.nonfinite_state()
+    if bad:
+        raise ValueError(f"the {estimator.name} head's learned {', '.join(bad)} hold NaN or inf (the fit diverged): "
+                         "refit it with other parameters (e.g. a smaller learning_rate or C) before saving")
     arrays, config = estimator._get_state()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

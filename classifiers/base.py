@@ -8,6 +8,7 @@ validates X and y, sets trailing-underscore state and returns ``self``. X may be
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -43,17 +44,32 @@ heads: Registry = _HeadRegistry("head")
 
 
 # --------------------------------------------------------------------------- parameter rules
-_KIND_WORDS = {float: "a float", int: "an int", str: "a str", bool: "a bool", dict: "a dict"}
+_KIND_WORDS = {float: "a finite float", int: "an int", str: "a str", bool: "a bool", dict: "a dict"}
 
 
 def _isa(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if kind is float:  # finite only: C=inf or a learning rate of nan trains a head of NaN weights
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and _finite(value)
     if kind is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if kind is bool:
         return isinstance(value, (bool, np.bool_))
     return isinstance(value, kind)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except (OverflowError, TypeError, ValueError):  # an int beyond float's range
+        return False
+
+
+def finite_weights(value: dict) -> bool:
+    """A ``class_weight`` dict: every weight a finite number >= 0."""
+    return all(_isa(w, float) and w >= 0 for w in value.values())
+
+
+CLASS_WEIGHT_TEXT = "None, 'balanced' or a dict of finite class weights >= 0"
 
 
 def _fmt(x: Any) -> str:
@@ -270,6 +286,12 @@ class Head(ClassifierMixin, BaseEstimator):
         return self.classes_[index]
 
     # ---- saved state (no pickle: arrays for safetensors + a JSON config)
+    def nonfinite_state(self) -> list[str]:
+        """The learned arrays holding NaN or inf (a fit that diverged, e.g. at a huge learning rate):
+        such a head predicts nonsense without an error, so it is not saved."""
+        arrays, _ = self._get_state()
+        return [name for name, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         check_is_fitted(self)
         arrays = {

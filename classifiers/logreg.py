@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from classifiers.base import Rule, heads, proba_from_decision
+from classifiers.base import CLASS_WEIGHT_TEXT, Rule, finite_weights, heads, proba_from_decision
 from classifiers.linear import LinearHead
 
 
@@ -25,7 +25,7 @@ class LogRegHead(LinearHead):
         "normalize": LinearHead.normalize_rule,
         "max_iter": Rule(int, ge=1),
         "tol": Rule(float, gt=0),
-        "class_weight": Rule(dict, options=("balanced",), none=True),
+        "class_weight": Rule(dict, options=("balanced",), none=True, check=finite_weights, text=CLASS_WEIGHT_TEXT),
         "solver": Rule(str, options=solvers),
     }
     default_grid = {"C": [0.01, 0.1, 1, 10, 100]}

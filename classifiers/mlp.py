@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 PREDICT_BATCH = 1024  # rows per forward pass at predict time (memory only; results do not depend on it)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _is_device(value: str) -> bool:
@@ -50,8 +51,8 @@ class MLPHead(Head):
     _param_rules = {
         "hidden_units": Rule(int, ge=1),
         "dropout": Rule(float, ge=0, lt=1),
-        "learning_rate": Rule(float, gt=0),
-        "weight_decay": Rule(float, ge=0),
+        "learning_rate": Rule(float, gt=0, le=FLOAT32_MAX),  # torch's optimiser takes them as float32
+        "weight_decay": Rule(float, ge=0, le=FLOAT32_MAX),
         "batch_size": Rule(int, ge=1),
         "max_epochs": Rule(int, ge=1),
         "patience": Rule(int, ge=1),

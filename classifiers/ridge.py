@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
 from classifiers.base import GridPath, Rule, heads
 from classifiers.linear import LinearHead, gram_matrix, one_vs_rest_targets, primal_weights
@@ -55,14 +55,9 @@ class RidgeHead(LinearHead):
         n, p = A.shape
         if p <= n:  # (X_c^T X_c + alpha I) W = X_c^T Y_c, p x p
             Xc = _scaled(A, scale) - mean
-            A = Xc.T @ Xc
-            A.flat[:: p + 1] += self.alpha
-            W = cho_solve(cho_factor(A, lower=True, check_finite=False), Xc.T @ Yc, check_finite=False)
+            W = _ridge_solve(Xc.T @ Xc, self.alpha, Xc.T @ Yc)
         else:  # dual: W = X_c^T (X_c X_c^T + alpha I)^-1 Y_c, n x n
-            K = _centred_gram(A, scale, mean)
-            K.flat[:: n + 1] += self.alpha
-            beta = cho_solve(cho_factor(K, lower=True, check_finite=False), Yc, check_finite=False)
-            W = _weights(A, scale, mean, beta)
+            W = _weights(A, scale, mean, _ridge_solve(_centred_gram(A, scale, mean), self.alpha, Yc))
         return self._set_weights(W, Y.mean(axis=0) - mean @ W)
 
     def _targets(self, y_index: np.ndarray) -> np.ndarray:
@@ -137,6 +132,26 @@ class RidgeHead(LinearHead):
         return GridPath(scores, fit_times, score_times, self._refit_from(X, y, solve))
 
 
+def _ridge_solve(G: np.ndarray, alpha: float, B: np.ndarray) -> np.ndarray:
+    """(G + alpha I)^-1 B for G = X_c^T X_c with B = X_c^T Y_c (p <= n), or G = X_c X_c^T (the dual, whose
+    result only enters through X_c^T), float64; by Cholesky.
+
+    G is singular (centring alone removes a dimension), and its rounding (~1e-16 of its largest
+    eigenvalue) can leave eigenvalues below -alpha when alpha is that small. Then: G's
+    eigendecomposition without the directions at rounding level. That is exact, not a
+    regularisation: B has no component along G's null space (primal) and X_c^T removes it (dual);
+    kept, their rounding divided by alpha would swamp the weights."""
+    M = G.copy()
+    M.flat[:: len(M) + 1] += alpha
+    try:
+        return cho_solve(cho_factor(M, lower=True, check_finite=False), B, check_finite=False)
+    except LinAlgError:
+        lam, V = np.linalg.eigh(G)
+        keep = lam > len(G) * np.finfo(np.float64).eps * max(lam[-1], 0.0)
+        V = V[:, keep]
+        return V @ ((V.T @ B) / (lam[keep] + alpha)[:, None])
+
+
 def _scaled(A: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     """The normalised rows scale * A in float64 (narrow features only: a float64 copy)."""
     return A.astype(np.float64) if scale is None else A * scale[:, None]
@@ -149,13 +164,9 @@ def _mean(A: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
 
 
 def _centred_gram(A: np.ndarray, scale: np.ndarray | None, mean: np.ndarray) -> np.ndarray:
-    """X_c X_c^T in float64, X_c the normalised rows minus their mean: the float32 product A A^T,
-    scaled and centred exactly in float64."""
-    K, _ = gram_matrix(A, scale, bias=False)
-    row = primal_weights(A.T, mean[:, None])[0]  # A @ mean
-    if scale is not None:
-        row *= scale
-    return K - row[:, None] - row[None, :] + mean @ mean
+    """X_c X_c^T in float64, X_c the normalised rows minus their mean, centred before the product
+    (``gram_matrix``): centring after it would subtract entries of |x|^2 size and keep their error."""
+    return gram_matrix(A, scale, bias=False, centre=mean)[0]
 
 
 def _weights(A: np.ndarray, scale: np.ndarray | None, mean: np.ndarray, beta: np.ndarray) -> np.ndarray:

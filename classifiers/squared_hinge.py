@@ -51,7 +51,8 @@ FACTOR_BYTES = 384 * 2**20  # Cholesky factors kept for updates, at most (they a
 class SquaredHingeBatch:
     """P binary problems over the rows of one kernel matrix, solved for one C at a time.
 
-    ``K``: (n, n) float64 positive semi-definite (include the + 1 of a regularised bias).
+    ``K``: (n, n) float64 positive semi-definite (include the + 1 of a regularised bias), exact to
+    float64 rounding (``classifiers.linear.gram_matrix``): a float32 K's error can exceed 1/(2C).
     ``train``: (n, P) bool, the rows each problem trains on (the others are only scored).
     ``Y``: (n, P) +1/-1 labels. ``weight``: (n, P) per-row multipliers of C (class weights), or None.
     After ``solve(C)``, ``beta`` (n, P) holds the dual coefficients (w = Z^T beta) and ``scores`` (n, P)
@@ -292,8 +293,11 @@ class _Factor:
         A.flat[:: len(idx) + 1] += inv_d
         try:
             self.cho = cho_factor(A, lower=True, check_finite=False)
-        except LinAlgError:  # K_SS + D is positive definite; only a broken K gets here
-            raise LinAlgError("kernel matrix is not positive semi-definite") from None
+        except LinAlgError:
+            # K is PSD to float64 rounding (~1e-16 of its largest entry): only a D = 1/(2C) below that fails
+            raise LinAlgError(
+                f"K_SS + 1/(2C) is singular to float64 precision (C up to {0.5 / inv_d.min():g} against kernel entries "
+                f"up to {np.abs(A).max():g}): use a smaller C, or normalised rows (normalize='l2')") from None
         self.nbytes = A.nbytes
 
     def solve(self, y):

@@ -6,6 +6,9 @@ coordinates by an exact finite Newton method (``classifiers.squared_hinge``): th
 LinearSVC's, reached exactly rather than to liblinear's tolerance. A grid search over C shares one
 Gram matrix between every fold and C, solves every fold and class as one batch, walks C upwards
 from each previous solution and starts each fold from the all-rows solution (which is the refit).
+K is float64 to its rounding (``classifiers.linear.gram_matrix``), so K_SS + 1/(2C) stays positive
+definite on unnormalised rows, whatever BLAS kernel multiplies them, unless 1/(2C) is below that
+rounding (~1e-16 of K's largest entry: C ~ 1e12 on raw rows of norm 500), which fails with that reason.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from classifiers.base import GridPath, Rule, heads
+from classifiers.base import CLASS_WEIGHT_TEXT, GridPath, Rule, finite_weights, heads
 from classifiers.linear import LinearHead, gram_matrix, one_vs_rest_targets, primal_weights
 from classifiers.squared_hinge import SquaredHingeBatch
 
@@ -44,7 +47,7 @@ class SVMHead(LinearHead):
         "dual": Rule(bool, options=("auto",)),
         "tol": Rule(float, gt=0),
         "max_iter": Rule(int, ge=1),
-        "class_weight": Rule(dict, options=("balanced",), none=True),
+        "class_weight": Rule(dict, options=("balanced",), none=True, check=finite_weights, text=CLASS_WEIGHT_TEXT),
         "random_state": Rule(int, ge=0, none=True),
         "solver": Rule(str, options=solvers),
     }

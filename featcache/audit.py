@@ -29,6 +29,7 @@ import numpy as np
 from . import cache, config, progress
 from .errors import FeatcacheError
 from .manifest import UNLABELLED, Manifest, display, hash_files
+from .splits import check_split_options
 from .store import FeatureSet, open_verified
 
 KINDS = ("exact_duplicate", "near_duplicate", "label_error", "outlier")
@@ -60,8 +61,7 @@ class AuditConfig:
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
             raise FeatcacheError(f"--threshold {self.threshold} must be in (0, 1]: a cosine similarity, e.g. 0.92")
-        if self.cv < 2:
-            raise FeatcacheError(f"--cv {self.cv} is too small: fit's cross-validation uses at least 2 folds")
+        check_split_options(self.cv, self.test_size)
         if self.label_folds < 2:
             raise FeatcacheError(f"--label-folds {self.label_folds} is too small: use 2 or more")
 

@@ -21,9 +21,9 @@ from . import config, progress
 from .errors import CacheError, DataError, FeatcacheError
 from .files import from_cell, output_dir, writable_dir
 from .manifest import diff, scan
-from .params import check_grid
+from .params import check_grid, resolve_grid
 from .search import grid_search
-from .splits import make_split
+from .splits import check_split_options, make_split
 from .store import FeatureSet, check
 
 # LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
@@ -167,6 +167,10 @@ def fit(
 ):
     """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run.
 
+    ``params``: the grid to search (None: the head's default grid, less the names in ``head_params``);
+    ``head_params``: fixed values (``--set``), never also searched. A refit with NaN or inf weights
+    is refused before the run folder is made.
+
     ``exclude``: a file listing paths (or a CSV with a ``path`` column, e.g. a filtered ``audit.csv``),
     or a list of paths: those files leave training and test; the run records which.
     On a feature set with augmented views every view of a training image trains the head, and each
@@ -179,8 +183,7 @@ def fit(
     if views_at_test not in AT_TEST:
         raise FeatcacheError(f"unknown --views-at-test {views_at_test!r}: use mean or first")
     head_cls = get_head(head)
-    grid = dict(head_cls.default_grid) if params is None else dict(params)
-    fixed = dict(head_params or {})
+    grid, fixed = resolve_grid(head_cls, params, head_params)
     if "random_state" in head_cls._param_rules and "random_state" not in fixed and "random_state" not in grid:
         fixed["random_state"] = seed  # --seed seeds the head too (the svm's dual solver, the MLP's init)
     check_grid(head_cls, {**{k: [v] for k, v in fixed.items()}, **grid})
@@ -188,7 +191,8 @@ def fit(
         raise FeatcacheError(f"unknown backend {backend!r}: use local or ray")
     if n_jobs == 0 or n_jobs < -1:
         raise FeatcacheError(f"--n-jobs {n_jobs}: use a positive number, or -1 for all cores")
-    cv = cv or DEFAULT_CV.get(head, 5)
+    check_split_options(cv, test_size)
+    cv = DEFAULT_CV.get(head, 5) if cv is None else cv
     if run_dir is None:  # before the search, not after it
         writable_dir(config.runs_dir(runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
     data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
@@ -213,9 +217,19 @@ def fit(
             raise
         raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
     search_seconds = time.perf_counter() - started
+    _check_finite(head, result.best_estimator, {**fixed, **result.best_params})
     exclusions = _exclusions(exclude, excluded, split) if exclude is not None else None
     return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir, exclusions,
                  views_at_test)
+
+
+def _check_finite(head: str, estimator, params: dict) -> None:
+    """Refuse a refitted head with NaN or inf weights before anything of its run is written."""
+    bad = estimator.nonfinite_state()
+    if bad:
+        used = ", ".join(f"{k}={v!r}" for k, v in sorted(params.items()))
+        raise FeatcacheError(f"the {head} head fitted with {used} has non-finite learned weights ({', '.join(bad)}): "
+                             "the fit diverged; fit again with other values (e.g. a smaller learning_rate or C)")
 
 
 def _exclusions(source, paths: list[str], split) -> dict:

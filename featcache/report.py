@@ -278,6 +278,7 @@ def run_blocks(run) -> list[Block]:
         ("h", 2, "Result"),
         ("table", ["", "value"], [
             ["best parameters", _params_text(m.best_params)],
+            ["fixed parameters", _params_text(p.fixed_params)],
             ["CV accuracy (mean +- std)", f"{m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}"],
             ["test accuracy", f"{m.test.accuracy:.4f} ({m.test.n} images)"],
             ["search + refit time", f"{m.search_seconds:.2f} s + {m.refit_seconds:.2f} s"],

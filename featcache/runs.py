@@ -137,7 +137,12 @@ class Run:
 
     def summary(self) -> str:
         m, p = self.metrics, self.params
-        best = ", ".join(f"{k}={_fmt(v)}" for k, v in m.best_params.items()) or "defaults"
+        best = ", ".join(f"{k}={_fmt(v)}" for k, v in m.best_params.items())
+        given = ", ".join(f"{k}={_fmt(v)}" for k, v in p.fixed_params.items() if k != "random_state")  # --set
+        if given:
+            best = f"best {best}; set {given}" if best else f"set {given}"
+        else:
+            best = f"best {best or 'defaults'}"
         views = ""
         if m.views:
             other = "first" if m.views["at_test"] == "mean" else "mean"
@@ -145,7 +150,7 @@ class Run:
                      f"({m.views['recipe']}); {other}: {m.views['test_accuracy'][other]:.4f}")
         return (
             f"run {self.path}: {p.head} on feature set {p.feature_id} "
-            f"({p.features['model']} {p.features['layer']}); best {best}; "
+            f"({p.features['model']} {p.features['layer']}); {best}; "
             f"CV accuracy {m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}; "
             f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images{views}"
             + (f"; {len(p.excluded['paths'])} files excluded" if p.excluded else "") + ")"

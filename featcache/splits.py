@@ -9,6 +9,7 @@ what makes runs on different backbones, layers and heads comparable.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,58 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
+def check_split_options(cv: int | None, test_size: float | None) -> None:
+    """``--cv`` and ``--test-size`` as ``fit``, ``audit`` and ``sweep`` take them (None: the command's default)."""
+    if cv is not None and cv < 2:
+        raise FeatcacheError(f"--cv {cv} is too small: cross-validation needs at least 2 folds; use --cv 2 or more, "
+                             "or leave it out for the default")
+    if test_size is not None and not 0 < test_size < 1:
+        raise FeatcacheError(f"--test-size {test_size:g} must be between 0 and 1 (a fraction of the images, e.g. 0.2)")
+
+
+def working_test_sizes(labels: np.ndarray, seed: int, cv: int) -> tuple[float, float] | None:
+    """The smallest and largest ``--test-size``, in steps of 0.01, whose hold-out ``fit`` can use with
+    this seed and ``cv``: every class on both sides, and at least max(cv, 2) images of each left for
+    cross-validation. None when none can. Tried by splitting as ``assign`` does (on the error path
+    only; files that have no features, or are excluded, are counted as present)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    classes, index = np.unique(labels, return_inverse=True)
+    n, k, need = len(labels), len(classes), max(cv, 2)
+    works = []
+    for step in range(1, 100):
+        size = step / 100
+        n_test = math.ceil(size * n)  # as train_test_split counts
+        if n_test < k or n - n_test < k:
+            continue
+        train, _ = train_test_split(np.arange(n), test_size=size, random_state=seed, stratify=labels)
+        if np.bincount(index[train], minlength=k).min() >= need:
+            works.append(size)
+    return (works[0], works[-1]) if works else None
+
+
+def _test_size_hint(labels: np.ndarray, seed: int, cv: int) -> str | None:
+    sizes = working_test_sizes(labels, seed, cv)
+    return None if sizes is None else f"use a --test-size between {sizes[0]:.2f} and {sizes[1]:.2f} (with --cv {cv})"
+
+
+def _check_test_size(test_size: float, labels: np.ndarray, seed: int, cv: int) -> None:
+    """A stratified hold-out needs every class on both sides (scikit-learn's ``train_test_split`` counts
+    ceil(test_size * n) test images): say what ``test_size`` would give and what works."""
+    n, k = len(labels), len(np.unique(labels))
+    n_test = math.ceil(test_size * n)
+    n_train = n - n_test
+    if n_test >= k and n_train >= k:
+        return
+    raise FeatcacheError(
+        f"--test-size {test_size:g} splits the {n} images ({k} classes) into {n_train} for training and {n_test} for test, "
+        f"about {n_train / k:.1f} and {n_test / k:.1f} per class: each side needs at least one image of every class; "
+        + (_test_size_hint(labels, seed, cv)
+           or f"no --test-size leaves {max(cv, 2)} images of every class for --cv {cv}: add images, or lower --cv")
+    )
+
+
 def assign(paths: list[str], labels: np.ndarray, splits: list[str], test_size: float, seed: int, cv: int) -> tuple[np.ndarray, np.ndarray]:
     """Per manifest entry: is it test, and which CV fold (-1 for test entries)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -34,11 +87,11 @@ def assign(paths: list[str], labels: np.ndarray, splits: list[str], test_size: f
     if stored_test.any():
         is_test = stored_test
     else:
-        if not 0 < test_size < 1:
-            raise FeatcacheError(f"--test-size {test_size} must be between 0 and 1 (a fraction of the images)")
+        check_split_options(None, test_size)
         _, counts = np.unique(labels, return_counts=True)
         if counts.min() < 2:
             raise FeatcacheError("a class has a single image: a stratified test split needs at least 2 per class; add images")
+        _check_test_size(test_size, labels, seed, cv)
         _, test_idx = train_test_split(np.arange(n), test_size=test_size, random_state=seed, stratify=labels)
         is_test = np.zeros(n, dtype=bool)
         is_test[test_idx] = True
@@ -63,8 +116,7 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
     ``row_views``: each row's view number, for feature sets with augmented views: all views of a file
     land on the same side of the test split and of every fold (they share its path), and counts are
     of images (view 0 rows)."""
-    if cv < 2:
-        raise FeatcacheError(f"--cv {cv} is too small: cross-validation needs at least 2 folds")
+    check_split_options(cv, None)
     present = np.unique(row_labels)
     if len(present) < 2:
         name = class_names[int(present[0])] if len(present) else "none"
@@ -80,11 +132,18 @@ def make_split(manifest_paths: list[str], manifest_labels: np.ndarray, manifest_
     classes, counts = np.unique(labels_cv, return_counts=True)
     if len(classes) < 2:
         raise FeatcacheError("fewer than two classes are left for training after the test split: add images or lower --test-size")
-    if cv > counts.min():
-        smallest = class_names[int(classes[np.argmin(counts)])]
+    smallest, fewest = class_names[int(classes[np.argmin(counts)])], int(counts.min())
+    stored = any(s == "test" for s in manifest_splits)
+    hint = None if stored or fewest >= cv else _test_size_hint(manifest_labels, seed, cv)
+    if fewest < 2:  # no number of folds works: each fold's training side must hold every class
         raise FeatcacheError(
-            f"--cv {cv} is larger than the smallest class ({smallest} has {counts.min()} images for cross-validation): "
-            f"use --cv {max(2, int(counts.min()))} or fewer"
+            f"class {smallest} has {fewest} image left for cross-validation after the test split, and cross-validation "
+            f"needs at least 2 per class: {hint or 'add images of it'}"
+        )
+    if cv > fewest:
+        raise FeatcacheError(
+            f"--cv {cv} is larger than the smallest class ({smallest} has {fewest} images for cross-validation): "
+            f"use --cv {fewest} or fewer" + (f", or {hint}" if hint else "")
         )
     row_fold = fold[rows_entry[cv_rows]]
     folds = [(np.flatnonzero(row_fold != k), np.flatnonzero(row_fold == k)) for k in range(cv)]

@@ -31,6 +31,7 @@ from .errors import FeatcacheError
 from .extract_config import ExtractConfig
 from .files import output_dir, read_csv, write_csv, write_json
 from .params import check_grid, parse_params
+from .splits import check_split_options
 from .text import Link, Strong, printable
 
 SWEEP_FILE = "sweep.json"
@@ -85,7 +86,10 @@ def plan_from_options(data=None, models=None, layers=None, pools=None, heads=Non
         if not dot or head not in grids:
             problems.append(f"--param {item!r} must be HEAD.NAME=v1,v2 for a --head of this sweep ({', '.join(grids)})")
             continue
-        grids[head] = {**(grids[head] or {}), **_parse(head, [rest], problems)}
+        parsed = _parse(head, [rest], problems)
+        problems += [f"--param {head}.{name} is given twice: give it once, e.g. --param {head}.{name}=v1,v2"
+                     for name in parsed if name in (grids[head] or {})]
+        grids[head] = {**(grids[head] or {}), **parsed}
     return SweepPlan(data, features, grids, cv if cv is not None else DEFAULTS["cv"],
                      test_size if test_size is not None else DEFAULTS["test_size"], seed if seed is not None else DEFAULTS["seed"],
                      problems=problems)
@@ -191,8 +195,10 @@ def validate(plan: SweepPlan) -> list:
         if head == "gap":
             problems += [f"{f.label}: the gap head needs spatial maps; use pool none for it, or drop gap"
                          for f, s in zip(plan.features, specs) if s is not None and len(s.feature_shape) != 3]
-    if plan.cv < 2:
-        problems.append(f"--cv {plan.cv}: cross-validation needs at least 2 folds")
+    try:
+        check_split_options(plan.cv, plan.test_size)
+    except FeatcacheError as err:
+        problems.append(str(err))
     if problems:
         raise FeatcacheError(_problems(problems))
     return specs

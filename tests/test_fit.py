@@ -169,8 +169,8 @@ def test_bad_fit_input(workspace, tmp_path):
     c = ["--features", workspace["id"], "--cache-dir", workspace["cache"], "--runs-dir", tmp_path / "runs", "-q"]
     _cli_fails("fit", "--head", "svn", *c, needles=["unknown head 'svn'", "svm"])
     _cli_fails("fit", "--param", "Cc=1,2", *c, needles=["unknown parameter", "'Cc'", "did you mean C"])
-    _cli_fails("fit", "--param", "C=abc", *c, needles=["C=abc", "must be a float > 0"])
-    _cli_fails("fit", "--param", "C=-1", *c, needles=["The 'C' parameter of the svm head must be a float > 0. Got -1.0."])
+    _cli_fails("fit", "--param", "C=abc", *c, needles=["C=abc", "must be a finite float > 0"])
+    _cli_fails("fit", "--param", "C=-1", *c, needles=["The 'C' parameter of the svm head must be a finite float > 0. Got -1.0."])
     _cli_fails("fit", "--cv", "20", *c, needles=["--cv 20 is larger than the smallest class", "images for cross-validation): use --cv"])
     _cli_fails("fit", "--features", "ffffffff", *c[2:], needles=["no feature set 'ffffffff'"])
     _cli_fails("fit", "--cache-dir", tmp_path / "empty", "--runs-dir", tmp_path / "r", needles=["no complete feature set", "featcache extract"])

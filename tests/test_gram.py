@@ -69,3 +69,79 @@ def test_shared_gram_search_gives_the_generic_search_scores(head):
     # grids over more than C, and per-feature standardisation, take the generic loop
     assert get_head(head)(normalize="standard").search_path(X, y, folds, [{"C": 1.0}]) is None
     assert get_head(head)().search_path(X, y, folds, [{"C": 1.0, "tol": 1e-3}]) is None
+
+
+# --------------------------------------------------------------------------- badly scaled rows (issue 20)
+def _raw(n=180, d=512, classes=3, seed=1):
+    """Non-centred rows of large norm (|x|^2 ~ 1e6), as raw ReLU maps under normalize='none' are."""
+    X, y = _wide(n=n, d=d, classes=classes, seed=seed)
+    return X * 50 + 7, y
+
+
+def test_gram_matrix_is_exact_to_float64_rounding_on_large_rows():
+    """The float32 product was off by ~1 here (|K| ~ 1e6): more than the 1/(2C) an svm adds to K_SS."""
+    from classifiers.linear import gram_matrix
+
+    X, _ = _raw()
+    exact = X.astype(np.float64) @ X.astype(np.float64).T
+    K, _ = gram_matrix(X, None, bias=False)
+    assert np.abs(K - exact).max() <= 1e-12 * np.abs(exact).max()
+    mean = X.mean(axis=0, dtype=np.float64)
+    centred = (X - mean) @ (X - mean).T
+    Kc, _ = gram_matrix(X, None, bias=False, centre=mean)
+    assert np.abs(Kc - centred).max() <= 1e-12 * np.abs(exact).max()
+    # logreg's kernel and the svm's (with its regularised bias) are this one
+    assert np.abs(get_head("logreg")()._kernel(X) - exact).max() <= 1e-12 * np.abs(exact).max()
+    assert np.abs(get_head("svm")()._kernel(X) - (exact + 1)).max() <= 1e-12 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
+def test_svm_on_raw_large_rows_reaches_liblinears_optimum(C):
+    """K_SS + 1/(2C) stays positive definite on rows of norm ~1e3 at every C of the default grid, on
+    any BLAS kernel, and the solution is LinearSVC's (the objectives agree to 1e-7)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    X, y = _raw()
+    ours = get_head("svm")(C=C, normalize="none", solver="gram").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        ref = LinearSVC(C=C, tol=1e-10, max_iter=10**6).fit(X.astype(np.float64), y)
+    Y = np.where(y[:, None] == np.arange(3), 1.0, -1.0)
+
+    def objective(coef, intercept):
+        w, b = coef.astype(np.float64), intercept.astype(np.float64)
+        margin = np.maximum(0.0, 1.0 - Y * (X.astype(np.float64) @ w.T + b))
+        return 0.5 * (np.sum(w * w, axis=1) + b * b) + C * np.sum(margin ** 2, axis=0)
+
+    np.testing.assert_allclose(objective(ours.coef_, ours.intercept_), objective(ref.coef_, ref.intercept_), rtol=1e-6)
+    assert np.mean(ours.predict(X) == ref.predict(X)) == 1.0
+
+
+@pytest.mark.parametrize("alpha", [1e-12, 0.001, 1.0])
+def test_ridge_on_raw_large_wide_rows_is_ridgeclassifier(alpha):
+    """The wide (dual) fit factorises X_c X_c^T + alpha I: centred before the product, in float64. At
+    alpha = 1e-12 that matrix is singular to rounding (X_c X_c^T has a null direction at ~ -1e-10):
+    solved without that direction, exactly."""
+    from sklearn.linear_model import RidgeClassifier
+
+    from threadpoolctl import threadpool_limits
+
+    X, y = _raw(d=600)
+    ours = get_head("ridge")(alpha=alpha, normalize="none").fit(X, y)
+    with threadpool_limits(1):  # a small SVD: on a busy 2-core machine BLAS threads only wait for each other
+        ref = RidgeClassifier(alpha=alpha, solver="svd").fit(X.astype(np.float64), y)
+    scale = np.abs(ref.decision_function(X)).max()
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X.astype(np.float64)), atol=1e-5 * scale)
+
+
+def test_svm_at_a_c_beyond_float64_precision_says_so():
+    """1/(2C) below K's float64 rounding: refused with the cause and the fix, not 'not positive semi-definite'."""
+    from numpy.linalg import LinAlgError
+
+    X, y = _raw(d=120)
+    get_head("svm")(C=1e9, normalize="none", solver="gram").fit(X, y)  # still within precision
+    with pytest.raises(LinAlgError, match=r"singular to float64 precision \(C up to 1e\+13 .*use a smaller C, or normalised rows"):
+        get_head("svm")(C=1e13, normalize="none", solver="gram").fit(X, y)

@@ -305,15 +305,15 @@ def test_unknown_head_suggests_a_close_name():
 
 
 @pytest.mark.parametrize("name, params, message", [
-    ("svm", {"C": -1}, "The 'C' parameter of the svm head must be a float > 0. Got -1."),
-    ("svm", {"C": "1"}, "The 'C' parameter of the svm head must be a float > 0. Got '1'."),
+    ("svm", {"C": -1}, "The 'C' parameter of the svm head must be a finite float > 0. Got -1."),
+    ("svm", {"C": "1"}, "The 'C' parameter of the svm head must be a finite float > 0. Got '1'."),
     ("svm", {"dual": "yes"}, "The 'dual' parameter of the svm head must be 'auto' or a bool. Got 'yes'."),
     ("logreg", {"normalize": "L2"},
      "The 'normalize' parameter of the logreg head must be one of 'l2', 'standard', 'none'. Got 'L2'."),
     ("logreg", {"class_weight": "even"},
-     "The 'class_weight' parameter of the logreg head must be None, 'balanced' or a dict. Got 'even'."),
+     "The 'class_weight' parameter of the logreg head must be None, 'balanced' or a dict of finite class weights >= 0. Got 'even'."),
     ("gap", {"max_iter": 0}, "The 'max_iter' parameter of the gap head must be an int >= 1. Got 0."),
-    ("mlp", {"dropout": 1.0}, "The 'dropout' parameter of the mlp head must be a float in [0, 1). Got 1.0."),
+    ("mlp", {"dropout": 1.0}, "The 'dropout' parameter of the mlp head must be a finite float in [0, 1). Got 1.0."),
     ("mlp", {"max_epochs": 2.5}, "The 'max_epochs' parameter of the mlp head must be an int >= 1. Got 2.5."),
     ("mlp", {"standardize": "yes"}, "The 'standardize' parameter of the mlp head must be a bool. Got 'yes'."),
     ("mlp", {"device": "gpu"}, "The 'device' parameter of the mlp head must be 'auto' or a torch device string "
