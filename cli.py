@@ -17,9 +17,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from featcache.extract_config import DECODERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLS  # noqa: E402  (import-light: no torch)
-from featcache.text import printable, terminal  # noqa: E402  (standard library only)
-from featcache.views import AT_TEST  # noqa: E402  (standard library only)
+from featcache.config.extract import DECODERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLS  # noqa: E402  (import-light: no torch)
+from featcache.core.text import printable, terminal  # noqa: E402  (standard library only)
+from featcache.config.views import AT_TEST  # noqa: E402  (standard library only)
 
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
@@ -42,8 +42,8 @@ class CountOrAuto(click.ParamType):
         self.minimum = minimum
 
     def convert(self, value, param, ctx):
-        from featcache.errors import FeatcacheError
-        from featcache.extract_config import count_or_auto
+        from featcache.core.errors import FeatcacheError
+        from featcache.config.extract import count_or_auto
 
         flag = param.opts[0] if param else "value"
         try:
@@ -79,7 +79,7 @@ class Featcache(click.Group):
         except Exception as err:
             if debug:
                 raise
-            from featcache.errors import FeatcacheError
+            from featcache.core.errors import FeatcacheError
 
             if isinstance(err, FeatcacheError):
                 raise click.ClickException(printable(str(err))) from None
@@ -139,8 +139,8 @@ def main(debug: bool) -> None:
 def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
             shard, engine, ray_address, no_draft, decode, views, compile_model, lock_timeout, cache_dir, quiet, as_json):
     """Extract features of every image under --data into a cached feature set."""
-    from featcache.extract_config import ExtractConfig
-    from featcache.extraction import extract as run_extract
+    from featcache.config.extract import ExtractConfig
+    from featcache.extraction.extract import extract as run_extract
 
     cfg = ExtractConfig(
         data=data, labels=labels, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
@@ -179,7 +179,7 @@ def models(pattern, layers_of, quiet, as_json):
         names = layers(layers_of)
         echo(json.dumps(names) if as_json else "\n".join(names))
         return
-    from featcache.models import list_models
+    from featcache.backbones.listing import list_models
 
     rows = list_models(pattern, progress_bar=not quiet)
     if not rows and not as_json:
@@ -213,7 +213,7 @@ def cache():
 @JSON
 def cache_list(cache_dir, as_json):
     """Feature sets in the cache, newest first."""
-    from featcache import cache as c
+    from featcache.store import cache as c
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
     records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
@@ -249,7 +249,7 @@ def _cache_record(e) -> dict:
 @JSON
 def cache_info(ref, cache_dir, as_json):
     """Everything recorded about one feature set (id, id prefix or path)."""
-    from featcache.cache import open_features
+    from featcache.store.cache import open_features
 
     with open_features(ref, cache_dir, verify=False) as fs:  # shows what is recorded, damaged or not
         meta = {**fs.meta, "path": str(fs.path), "class_names": fs.class_names, "skipped": len(fs.skipped)}
@@ -266,7 +266,7 @@ def cache_info(ref, cache_dir, as_json):
 @CACHE_DIR
 def cache_verify(ref, cache_dir):
     """Read every chunk and check the content hash; non-zero exit if anything is damaged."""
-    from featcache import cache as c
+    from featcache.store import cache as c
 
     results = c.check(ref, cache_dir)
     bad = 0
@@ -287,7 +287,7 @@ def cache_verify(ref, cache_dir):
 @CACHE_DIR
 def cache_rm(refs, cache_dir):
     """Delete feature sets (complete, partial or shards) by id or id prefix."""
-    from featcache import cache as c
+    from featcache.store import cache as c
 
     for ref in refs:
         for path in c.remove(ref, cache_dir):
@@ -300,7 +300,7 @@ def cache_rm(refs, cache_dir):
 @QUIET
 def cache_merge(ref, cache_dir, quiet):
     """Assemble the shards of a --shard I/N extraction into one feature set."""
-    from featcache.shards import merge
+    from featcache.extraction.shards import merge
 
     echo(merge(ref, cache_dir, progress_bar=not quiet).summary())
 
@@ -330,8 +330,8 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
         runs_dir, quiet, as_json):
     """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
     from classifiers import get_head
-    from featcache.params import parse_fixed, parse_params
-    from featcache.pipeline import fit as run_fit
+    from featcache.fitting.params import parse_fixed, parse_params
+    from featcache.fitting.pipeline import fit as run_fit
 
     head_cls = get_head(head)
     grid = parse_params(head_cls, params) if params else None
@@ -360,9 +360,9 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
 def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet, as_json):
     """Find exact and near duplicates, leaks across the test split and CV folds, conflicting labels, likely
     label errors and outliers in a cached feature set (the backbone is not run again)."""
-    from featcache.audit import AuditConfig, audit as run_audit
-    from featcache.audit_report import OUT_FIX, summary, write
-    from featcache.files import writable_dir
+    from featcache.audit.findings import AuditConfig, audit as run_audit
+    from featcache.audit.report import OUT_FIX, summary, write
+    from featcache.core.files import writable_dir
 
     writable_dir(out, "audit folder", OUT_FIX, create=False)  # before the audit, not after it
     cfg = AuditConfig(features=features, cache_dir=cache_dir, data=data, threshold=threshold, cv=cv, test_size=test_size,
@@ -397,8 +397,8 @@ def heads():
 @JSON
 def runs(sort, head, features, runs_dir, as_json):
     """Compare runs: head, feature set, best params, CV mean +- std, test accuracy, fit time."""
-    from featcache import config
-    from featcache.runs import list_runs
+    from featcache.core import paths as config
+    from featcache.fitting.runs import list_runs
 
     found = [r.to_row() for r in list_runs(config.runs_dir(runs_dir))]
     found = [r for r in found if (not head or r["head"] == head) and (not features or r["features"].startswith(features))]
@@ -422,21 +422,21 @@ def report(targets, out, runs_dir):
     """Re-render one run's report (default: the newest run), a sweep's leaderboard, or several runs side by side."""
     from pathlib import Path
 
-    from featcache import config
-    from featcache import report as rep
-    from featcache.runs import latest, load_run
+    from featcache.core import paths as config
+    from featcache.report import render as rep
+    from featcache.fitting.runs import latest, load_run
 
     if not targets:
         targets = (str(latest(config.runs_dir(runs_dir))),)
 
     if len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file():
-        from featcache.sweeps import render as render_sweep
+        from featcache.sweeps.sweep import render as render_sweep
 
         for path in render_sweep(targets[0]):
             echo(f"wrote {path}")
         return
     loaded = [load_run(t) for t in targets]
-    from featcache.runs import check_features
+    from featcache.fitting.runs import check_features
 
     for run in loaded:
         check_features(run)
@@ -464,9 +464,9 @@ def report(targets, out, runs_dir):
 @JSON
 def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quiet, as_json):
     """Label new images (files or folders), or the rows of a cached feature set, with a run's head."""
-    from featcache import config
-    from featcache.prediction import predict as run_predict, predict_features
-    from featcache.runs import latest
+    from featcache.core import paths as config
+    from featcache.fitting.predict import predict as run_predict, predict_features
+    from featcache.fitting.runs import latest
 
     if bool(inputs) == bool(features):
         raise click.UsageError("give images or folders to label, or --features ID, not both")
@@ -510,7 +510,7 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @QUIET
 def sweep(data, models, layers, pools, views, heads, params, config_file, image_size, cv, test_size, seed, out, cache_dir, quiet):
     """Compare backbones x layers x pooling x views x heads on your images: one leaderboard."""
-    from featcache.sweeps import sweep as run_sweep
+    from featcache.sweeps.sweep import sweep as run_sweep
 
     if config_file and (models or layers or pools or views or heads or params):
         raise click.UsageError("give either --config or --model/--layer/--pool/--views/--head/--param, not both")
@@ -522,7 +522,7 @@ def sweep(data, models, layers, pools, views, heads, params, config_file, image_
 
 
 def _cache_path(cache_dir):
-    from featcache import config
+    from featcache.core import paths as config
 
     return config.cache_dir(cache_dir)
 

@@ -170,7 +170,7 @@ def machine() -> str:
     import torch
     import torchvision
 
-    from featcache.engine import usable_cores
+    from featcache.extraction.engine import usable_cores
 
     cores = usable_cores()
 

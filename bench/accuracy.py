@@ -212,7 +212,7 @@ def seed_style(data, split) -> dict:
 def fit_cell(fsid, cache, runs, data, split, head, grid, fixed, cv, views_at_test="mean") -> dict:
     """``featcache.fit`` through the public API; per-image correctness with and without views."""
     import featcache
-    from featcache.views import aggregate
+    from featcache.config.views import aggregate
 
     start = time.perf_counter()
     run = featcache.fit(head=head, features=fsid, params=grid, head_params=fixed, cv=cv, cache_dir=cache, runs_dir=runs,
@@ -232,8 +232,8 @@ def fit_cell(fsid, cache, runs, data, split, head, grid, fixed, cv, views_at_tes
 def run_cells(name: str, root: Path, extracted: dict, out: Path, args) -> dict:
     import gc
 
-    from featcache.pipeline import load_features
-    from featcache.splits import make_split
+    from featcache.fitting.pipeline import load_features
+    from featcache.fitting.splits import make_split
 
     cache, runs = out / "cache", out / "runs"
     cells: dict[str, dict] = {}
@@ -296,7 +296,7 @@ def run_cells(name: str, root: Path, extracted: dict, out: Path, args) -> dict:
 def _defaults(data, fsid, cache, runs, split_of) -> dict:
     """``featcache fit`` exactly as the CLI runs it without options (its split, folds and grid)."""
     import featcache
-    from featcache.pipeline import DEFAULT_CV
+    from featcache.fitting.pipeline import DEFAULT_CV
 
     start = time.perf_counter()
     run = featcache.fit(features=fsid, cache_dir=cache, runs_dir=runs, progress_bar=False, loaded=data)
@@ -320,7 +320,7 @@ def interval(correct, seed: int = 0, n: int = 2000) -> tuple[float, float]:
 
 def versus(a, b) -> tuple[float, float, float, bool]:
     """Difference a - b, its paired 95% bootstrap interval, and whether it excludes 0."""
-    from featcache.sweeps import bootstrap_interval
+    from featcache.sweeps.sweep import bootstrap_interval
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     lo, hi = bootstrap_interval(a, b)

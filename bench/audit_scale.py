@@ -60,8 +60,8 @@ class SyntheticRows:
 
 
 def make(n: int, cache: Path, seed: int = 0) -> str:
-    from featcache.manifest import Manifest
-    from featcache.store import write_feature_set
+    from featcache.store.manifest import Manifest
+    from featcache.store.featureset import write_feature_set
 
     rng = np.random.default_rng(seed)
     true = rng.integers(0, CLASSES, n)
@@ -98,9 +98,9 @@ def high_water_mb() -> int:
 
 def child(cache: str, fsid: str, precision: str) -> None:
     """Run in a fresh process: one audit, its steps' times and the peak RSS, as JSON on stdout."""
-    import featcache.audit as audit_mod
-    from featcache import audit_search
-    from featcache.audit_report import write
+    import featcache.audit.findings as audit_mod
+    from featcache.audit import search as audit_search
+    from featcache.audit.report import write
 
     import sklearn.linear_model  # noqa: F401  (imports counted in the baseline, not the audit)
     import torch  # noqa: F401

@@ -30,7 +30,7 @@ import torch
 
 from extract_speed import CORES, MODELS, decode_ms, engine_rate_child, featcache_rate, image_files, weights_of
 from featcache import backbones
-from featcache import tuning
+from featcache.extraction import tuning
 
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 

@@ -43,7 +43,8 @@ def child(kind: str, data: str) -> None:
     import numpy as np  # noqa: F401  (counted in the baseline like in real use)
     import torch
 
-    from featcache import backbones, engine
+    from featcache import backbones
+    from featcache.extraction import engine
 
     torch.set_num_threads(engine.usable_cores())
     backbones.build(backbones.resolve(MODEL, weights=WEIGHTS))  # warm imports + one model, then drop it

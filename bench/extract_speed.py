@@ -39,8 +39,8 @@ import torch
 
 import featcache
 from featcache import backbones
-from featcache import engine as E
-from featcache.images import Decode, ImageRows, Transform, collate
+from featcache.extraction import engine as E
+from featcache.extraction.decode import Decode, ImageRows, Transform, collate
 from naive_loop import image_files, naive_extract
 
 MODELS = {"efficientnet_lite0": "DEFAULT", "resnet18": "none"}

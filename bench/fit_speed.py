@@ -99,8 +99,8 @@ def ours(head: str, data, runs: Path) -> dict:
 
 
 def compare(name: str, fsid: str, cache: Path, heads: list[str], skip_reference: bool, same_objective: bool) -> list[list]:
-    from featcache.pipeline import load_features
-    from featcache.splits import make_split
+    from featcache.fitting.pipeline import load_features
+    from featcache.fitting.splits import make_split
 
     start = time.perf_counter()
     data = load_features(fsid, cache, say=False)

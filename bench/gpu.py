@@ -49,9 +49,9 @@ import torch
 
 import featcache
 from featcache import backbones
-from featcache import engine as E
-from featcache import tuning
-from featcache.images import Decode, Transform, normalize
+from featcache.extraction import engine as E
+from featcache.extraction import tuning
+from featcache.extraction.decode import Decode, Transform, normalize
 
 HEADLINE_TARGET = 0.8
 GPU_MODELS = "resnet50,vgg16,efficientnet_lite0,vit_b_16"
@@ -150,7 +150,7 @@ def describe(dev: torch.device, args) -> dict:
         meta.update(device_name=p.name, device_memory_gib=round(p.total_memory / 2**30, 1),
                     capability=f"{p.major}.{p.minor}")
     try:
-        from featcache import jpeg
+        from featcache.extraction import jpeg
 
         jpeg.check_available(dev)
         meta["decode_gpu"] = "available"
@@ -304,7 +304,7 @@ def section_forward(bench: Bench, args, dev, precision: str, models: list[str]) 
 
 
 def section_decode(bench: Bench, args, dev, data: dict[str, Path], model: str) -> None:
-    from featcache import jpeg
+    from featcache.extraction import jpeg
 
     spec = backbones.resolve(model, weights="none", image_size=args.image_size)
     pre = spec.backbone.preprocess
@@ -352,7 +352,7 @@ def section_decode(bench: Bench, args, dev, data: dict[str, Path], model: str) -
 @contextmanager
 def commit_clock():
     """(time, rows) at each staging commit: the steady rate excludes start-up (model, workers, first batch)."""
-    from featcache.staging import Staging
+    from featcache.store.staging import Staging
 
     real = Staging.commit
     marks: list[tuple[float, int]] = []
@@ -508,7 +508,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def section_agreement(bench: Bench, args, dev, data: dict[str, Path], model: str) -> None:
-    from featcache import jpeg
+    from featcache.extraction import jpeg
 
     weights = weights_for(model, bench)
     spec = backbones.resolve(model, weights=weights, image_size=args.image_size)

@@ -87,8 +87,8 @@ def reference(X_cv, y_cv, folds, X_test, y_test, dual="auto"):
 
 def compare(name: str, fsid: str, cache: Path, n_jobs: int) -> dict:
     import featcache
-    from featcache.pipeline import load_features
-    from featcache.splits import make_split
+    from featcache.fitting.pipeline import load_features
+    from featcache.fitting.splits import make_split
 
     data = load_features(fsid, cache, say=False)
     split = make_split(*data.manifest, data.paths, data.y, data.class_names, cv=10, seed=0)

@@ -34,7 +34,7 @@ import _common as C
 import h5py
 import numpy as np
 
-from featcache import store
+from featcache.store import featureset as store
 
 FILTERS = {
     "none": dict(),

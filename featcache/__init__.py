@@ -21,15 +21,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "extract": ("featcache.extraction", "extract"),
-    "ExtractResult": ("featcache.extraction", "ExtractResult"),
-    "open_features": ("featcache.cache", "open_features"),
-    "FeatureSet": ("featcache.store", "FeatureSet"),
-    "list_models": ("featcache.models", "list_models"),
-    "fit": ("featcache.pipeline", "fit"),
-    "predict": ("featcache.prediction", "predict"),
-    "sweep": ("featcache.sweeps", "sweep"),
-    "FeatcacheError": ("featcache.errors", "FeatcacheError"),
+    "extract": ("featcache.extraction.extract", "extract"),
+    "ExtractResult": ("featcache.extraction.extract", "ExtractResult"),
+    "open_features": ("featcache.store.cache", "open_features"),
+    "FeatureSet": ("featcache.store.featureset", "FeatureSet"),
+    "list_models": ("featcache.backbones.listing", "list_models"),
+    "fit": ("featcache.fitting.pipeline", "fit"),
+    "predict": ("featcache.fitting.predict", "predict"),
+    "sweep": ("featcache.sweeps.sweep", "sweep"),
+    "FeatcacheError": ("featcache.core.errors", "FeatcacheError"),
 }
 
 

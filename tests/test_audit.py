@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 import featcache
-from featcache.audit import audit
-from featcache.audit_report import write
-from featcache.audit_search import search
-from featcache.runs import RunParams, load_run
+from featcache.audit.findings import audit
+from featcache.audit.report import write
+from featcache.audit.search import search
+from featcache.fitting.runs import RunParams, load_run
 from tests.conftest import as_written_before_versioning, featcache as run_cli
 
 CLASSES = ("circles", "squares", "stripes", "triangles")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import featcache
-from featcache.images import BadImage, Transform, open_rgb
+from featcache.extraction.decode import BadImage, Transform, open_rgb
 from featcache.backbones.spec import Preprocess
 from tests.conftest import featcache as run_cli, make_images, without_root_privileges
 
@@ -162,8 +162,8 @@ def test_modes_convert_to_rgb_faithfully(tmp_path):
 
 def test_a_file_that_later_disappears_is_skipped_not_fatal(tmp_path, cache_dir):
     data = make_images(tmp_path / "data", per_class=3)
-    from featcache import manifest as m
-    from featcache.images import ImageRows
+    from featcache.store import manifest as m
+    from featcache.extraction.decode import ImageRows
 
     man = m.scan(data)
     (data / "cats" / "cats_001.png").unlink()

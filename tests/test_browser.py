@@ -76,7 +76,7 @@ def test_reports_render_in_a_browser_with_every_image_and_link_and_their_numbers
                             progress_bar=False)
     seen = look(browser, board / "leaderboard.html", "sweep-leaderboard", tmp_path)
     assert len([h for h in seen["links"] if h.endswith("report.html")]) == 2  # each row links to its run's report
-    from featcache.runs import load_run
+    from featcache.fitting.runs import load_run
 
     best = max((load_run(p.parent) for p in (board / "runs").glob("*/report.html")), key=lambda r: r.metrics.best_cv_mean)
     assert f"{best.metrics.best_cv_mean:.4f} +- {best.metrics.best_cv_std:.4f}" in seen["text"]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache import cache, store
-from featcache.errors import CacheError, DamagedError, FeatcacheError
+from featcache.store import cache, featureset as store
+from featcache.core.errors import CacheError, DamagedError, FeatcacheError
 from tests.conftest import as_written_before_versioning, cli_env, featcache as run_cli, make_images, without_root_privileges
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=4)

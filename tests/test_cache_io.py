@@ -7,8 +7,8 @@ from collections import Counter
 import h5py
 import pytest
 
-from featcache import cache
-from featcache.errors import CacheError
+from featcache.store import cache
+from featcache.core.errors import CacheError
 
 
 @pytest.fixture
@@ -72,14 +72,14 @@ def fitted(tmp_path_factory):
 
 def test_predict_checks_the_sets_identity_without_reading_its_features(fitted, monkeypatch):
     import featcache
-    from featcache import store
+    from featcache.store import featureset as store
 
     def forbidden(*args, **kwargs):
         raise AssertionError("predict must not read the training features")
 
     for name in ("verify", "read_features"):
         monkeypatch.setattr(store, name, forbidden, raising=False)
-    monkeypatch.setattr("featcache.prediction.verify", forbidden, raising=False)
+    monkeypatch.setattr("featcache.fitting.predict.verify", forbidden, raising=False)
     monkeypatch.setattr(store.FeatureSet, "iter_blocks", forbidden)
     monkeypatch.setattr(store.FeatureSet, "load", forbidden)
     image = next(fitted["data"].rglob("*.png"))
@@ -92,7 +92,7 @@ def test_predict_refuses_a_set_whose_recorded_identity_differs(fitted, tmp_path,
     import shutil
 
     import featcache
-    from featcache.errors import RunError
+    from featcache.core.errors import RunError
 
     cache = tmp_path / "c"
     shutil.copytree(fitted["cache"], cache)

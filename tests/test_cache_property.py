@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import featcache
-from featcache import cache, store
-from featcache.errors import FeatcacheError
-from featcache.manifest import Manifest
+from featcache.store import cache, featureset as store
+from featcache.core.errors import FeatcacheError
+from featcache.store.manifest import Manifest
 
 COMPLETE = ["aaaa1111bbbb2222", "aaaa1111cccc3333", "dddd4444eeee5555"]  # two share an 8-character prefix
 SHARD, PARTIAL = "9999000011112222", "ffff6666aaaa7777"

@@ -12,7 +12,7 @@ from PIL import Image
 
 import featcache
 from featcache import backbones
-from featcache.errors import CacheError, DataError, ModelError
+from featcache.core.errors import CacheError, DataError, ModelError
 from tests.conftest import featcache as run_cli
 from tests.conftest import make_images
 
@@ -129,7 +129,7 @@ def test_hdf5_chunks_filters_and_attributes(images, cache_dir):
 
 
 def test_chunk_rows_target_one_mebibyte():
-    from featcache.store import chunk_rows
+    from featcache.store.featureset import chunk_rows
 
     assert chunk_rows((1280, 7, 7), "float16", 10_000) == 8
     assert chunk_rows((512, 7, 7), "float32", 10_000) == 10
@@ -259,7 +259,7 @@ def test_compile_gives_the_same_features_and_is_recorded(images, cache_dir, tmp_
     eager, which gives the same features, must fail this test rather than pass it."""
     import warnings
 
-    from featcache import engine
+    from featcache.extraction import engine
 
     forwards = []
 

@@ -17,15 +17,15 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache import pipeline
-from featcache.errors import FeatcacheError
+from featcache.fitting import pipeline
+from featcache.core.errors import FeatcacheError
 from tests.conftest import cli_env, featcache as run_cli, featcache_command, make_images
 
 FAST = {"model": "resnet18", "weights": "none", "image_size": 32, "progress_bar": False}
 
 
 def test_the_record_round_trips_and_rejects_bad_values():
-    from featcache.extract_config import ExtractConfig
+    from featcache.config.extract import ExtractConfig
 
     cfg = ExtractConfig(data="photos", model="resnet50", pool="avg", dtype="float32", precision="bf16", draft=False,
                         batch_size="16", workers="0", streams="auto", shard="1/4")
@@ -82,7 +82,7 @@ def test_a_sweep_file_data_and_the_cli_options_beside_it_are_honoured(tmp_path):
     params = json.loads((tmp_path / "sw" / row["run"] / "params.json").read_text())
     assert params["cv"] == 3 and params["seed"] == 7 and params["features"]["preprocess"]["crop_size"] == 32
     # Without options the file's values hold.
-    from featcache.sweeps import plan_from_toml
+    from featcache.sweeps.sweep import plan_from_toml
 
     plan = plan_from_toml(conf)
     assert (plan.cv, plan.seed, plan.test_size, plan.features[0].image_size) == (2, 1, 0.5, 48)

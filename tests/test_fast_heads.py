@@ -20,7 +20,7 @@ from sklearn.svm import LinearSVC
 
 from classifiers import get_head
 from classifiers.squared_hinge import SquaredHingeBatch
-from featcache.search import grid_search
+from featcache.fitting.search import grid_search
 
 
 def relu_features(n=240, d=60, classes=3, seed=0, spread=0.5):

@@ -14,7 +14,7 @@ from filelock import FileLock
 from PIL import Image
 
 import featcache
-from featcache.errors import CacheError
+from featcache.core.errors import CacheError
 from tests.conftest import featcache as run_cli, make_images
 
 SLOW = ["--model", "resnet18", "--weights", "none", "--batch-size", "4", "--workers", "0", "--json", "-q"]

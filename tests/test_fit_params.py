@@ -12,8 +12,8 @@ import pytest
 
 import featcache
 from classifiers import ParamError, get_head, save_head
-from featcache.errors import FeatcacheError
-from featcache.runs import load_run
+from featcache.core.errors import FeatcacheError
+from featcache.fitting.runs import load_run
 from tests.conftest import featcache as run_cli, make_images
 
 EXTRACT = dict(model="resnet18", weights="none", image_size=64, progress_bar=False)
@@ -180,7 +180,7 @@ def test_fit_audit_and_sweep_check_cv_and_test_size_alike(tiny, tmp_path, option
 
 
 def test_sweep_refuses_a_head_parameter_given_twice():
-    from featcache.sweeps import plan_from_options
+    from featcache.sweeps.sweep import plan_from_options
 
     plan = plan_from_options(heads=["svm"], params=["svm.C=1", "svm.C=2"])
     assert "--param svm.C is given twice: give it once, e.g. --param svm.C=v1,v2" in plan.problems

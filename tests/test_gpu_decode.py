@@ -22,12 +22,13 @@ import torch
 from PIL import Image, ImageOps
 
 import featcache
-from featcache import fingerprint, jpeg
+from featcache.store import fingerprint
+from featcache.extraction import jpeg
 from featcache.backbones import resolve
 from featcache.backbones.spec import Preprocess
-from featcache.errors import FeatcacheError
-from featcache.images import BadImage, Decode, Transform
-from featcache.staging import Staging
+from featcache.core.errors import FeatcacheError
+from featcache.extraction.decode import BadImage, Decode, Transform
+from featcache.store.staging import Staging
 from tests.conftest import featcache as run_cli, make_images
 from tests.test_bad_images import _asymmetric, _jpeg_bytes, build_messy_folder
 

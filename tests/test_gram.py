@@ -7,7 +7,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from classifiers import get_head
-from featcache.search import grid_search
+from featcache.fitting.search import grid_search
 
 DIRECT = {"svm": "liblinear", "logreg": "lbfgs", "gap": "lbfgs"}
 

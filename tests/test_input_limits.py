@@ -11,8 +11,8 @@ from PIL import Image
 
 import featcache
 from featcache.backbones import resolve
-from featcache.errors import ModelError
-from featcache.extract_config import MAX_IMAGE_SIZE, ExtractConfig
+from featcache.core.errors import ModelError
+from featcache.config.extract import MAX_IMAGE_SIZE, ExtractConfig
 from tests.conftest import featcache as run_cli, make_images
 
 
@@ -84,7 +84,7 @@ def test_the_python_api_and_the_sweep_refuse_it_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="too large"):
         featcache.extract(missing, model="resnet18", weights="none", image_size=100000, cache_dir=tmp_path / "c",
                           progress_bar=False)
-    from featcache.sweeps import plan_from_options
+    from featcache.sweeps.sweep import plan_from_options
 
     plan = plan_from_options(data=str(missing), models=["resnet18@none"], image_size=100000)
     assert not plan.features and any("--image-size 100000 is too large" in p for p in plan.problems)

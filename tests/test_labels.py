@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.audit import audit
-from featcache.errors import CacheError, DataError
-from featcache.manifest import scan
+from featcache.audit.findings import audit
+from featcache.core.errors import CacheError, DataError
+from featcache.store.manifest import scan
 from tests.conftest import featcache as run_cli, make_images
 from tests.test_audit import CLASSES, scene
 

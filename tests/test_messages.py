@@ -7,7 +7,7 @@ import timm
 
 from featcache import backbones
 from featcache.backbones import graph
-from featcache.errors import FeatcacheError, ModelError
+from featcache.core.errors import FeatcacheError, ModelError
 
 
 def _message(excinfo) -> str:

@@ -19,9 +19,10 @@ from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preproc
 from PIL import Image
 
 import featcache
-from featcache import backbones, fingerprint
-from featcache.errors import FeatcacheError, ModelError, WeightsError
-from featcache.images import Decode, Transform, normalize
+from featcache import backbones
+from featcache.store import fingerprint
+from featcache.core.errors import FeatcacheError, ModelError, WeightsError
+from featcache.extraction.decode import Decode, Transform, normalize
 from tests.conftest import ROOT, cli_env, make_images
 from tests.conftest import featcache as run_cli
 from tests.test_token_models import TOLERANCE

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from classifiers import ParamError, get_head, list_heads
-from featcache.params import check_grid, parse_fixed, parse_params, resolve_grid
+from featcache.fitting.params import check_grid, parse_fixed, parse_params, resolve_grid
 
 HEADS = list_heads()
 # What people (and fuzzers) type: non-finite and out-of-range numbers, empty pieces, separators, spaces,

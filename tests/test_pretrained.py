@@ -10,8 +10,8 @@ import torch
 import featcache
 from featcache import backbones
 from featcache.backbones import efficientnet_lite as lite
-from featcache.errors import WeightsError
-from featcache.images import Transform, normalize
+from featcache.core.errors import WeightsError
+from featcache.extraction.decode import Transform, normalize
 from tests.conftest import featcache as run_cli, make_images
 
 VARIANTS = {v.name: v for v in (lite.LITE0, lite.LITE1, lite.LITE2)}

@@ -8,7 +8,7 @@ import re
 import shutil
 
 import featcache
-from featcache.run_gallery import MAP_FILE
+from featcache.fitting.gallery import MAP_FILE
 from tests.conftest import featcache as run_cli, make_images
 
 EXTRACT = dict(model="resnet18", weights="none", image_size=32, progress_bar=False)

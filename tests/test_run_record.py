@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import featcache
-from featcache.runs import RunMetrics, RunParams, load_run
+from featcache.fitting.runs import RunMetrics, RunParams, load_run
 from tests.conftest import featcache as run_cli, make_images
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.errors import CacheError
-from featcache.shards import merge
+from featcache.core.errors import CacheError
+from featcache.extraction.shards import merge
 from tests.conftest import cli_env, featcache as run_cli, make_images
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=8)
@@ -24,7 +24,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from featcache.ray_engine import connect
+    from featcache.extraction.ray_engine import connect
 
     connect(num_cpus=2)
     yield ray

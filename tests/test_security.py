@@ -12,8 +12,8 @@ import torch
 
 import featcache
 from classifiers import load_head
-from featcache.errors import WeightsError
-from featcache.runs import load_run
+from featcache.core.errors import WeightsError
+from featcache.fitting.runs import load_run
 from tests.conftest import make_images
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False)

@@ -75,7 +75,7 @@ def test_a_failed_offline_lookup_leaves_huggingface_hubs_offline_flag_as_it_was(
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     from featcache import backbones
-    from featcache.errors import WeightsError
+    from featcache.core.errors import WeightsError
 
     spec = backbones.resolve("timm:resnet18")
     seen = []

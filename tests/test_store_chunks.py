@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featcache import store
-from featcache.manifest import Manifest
+from featcache.store import featureset as store
+from featcache.store.manifest import Manifest
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

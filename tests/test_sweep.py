@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 import featcache
-from featcache import backbones, pipeline
-from featcache.errors import FeatcacheError
+from featcache import backbones
+from featcache.fitting import pipeline
+from featcache.core.errors import FeatcacheError
 from tests.conftest import featcache as run_cli, make_images
 
 ARGS = ["--model", "resnet18@none", "--model", "mobilenet_v3_small@none", "--head", "svm", "--head", "logreg",

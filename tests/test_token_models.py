@@ -20,7 +20,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 import featcache
 from featcache import backbones
-from featcache.errors import FeatcacheError, ModelError
+from featcache.core.errors import FeatcacheError, ModelError
 from tests.conftest import cli_env, make_images
 from tests.conftest import featcache as run_cli
 
@@ -118,7 +118,7 @@ def test_a_token_pool_where_it_cannot_apply_is_one_clear_error(model, layer, poo
 
 
 def test_the_pooling_choices_are_one_list_everywhere(photos, tmp_path):
-    from featcache.extract_config import POOLS, ExtractConfig
+    from featcache.config.extract import POOLS, ExtractConfig
 
     assert POOLS == ("none", "avg", "max", "cls", "avg_patch")
     with pytest.raises(FeatcacheError, match="unknown pooling 'mean'"):
@@ -156,7 +156,7 @@ def test_a_pre_seeded_hugging_face_cache_serves_pretrained_weights_offline(photo
 
 
 def test_listing_shows_each_token_models_cut_and_describes_within_its_time(tmp_path, monkeypatch):
-    from featcache.models import list_models
+    from featcache.backbones.listing import list_models
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # an empty memo
     assert all(not r.described and r.default_layer == "?" for r in list_models("timm:*dinov2*", budget_s=0, progress_bar=False))

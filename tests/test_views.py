@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.errors import FeatcacheError
-from featcache.extract_config import ExtractConfig
-from featcache.pipeline import load_features
-from featcache.splits import make_split
-from featcache.views import ImageScorer, Views, ViewsError, aggregate
+from featcache.core.errors import FeatcacheError
+from featcache.config.extract import ExtractConfig
+from featcache.fitting.pipeline import load_features
+from featcache.fitting.splits import make_split
+from featcache.config.views import ImageScorer, Views, ViewsError, aggregate
 from tests.conftest import featcache as run_cli, make_images
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=4)
@@ -56,7 +56,7 @@ def test_recipes_parse_to_one_spelling_and_bad_ones_are_one_line():
 
 def test_random_crops_depend_on_the_seed_and_the_files_bytes_only(tmp_path):
     from featcache.backbones.spec import Preprocess
-    from featcache.images import Decode, Transform
+    from featcache.extraction.decode import Decode, Transform
 
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "x.jpg")
@@ -287,7 +287,7 @@ def test_sweep_compares_view_recipes_like_any_axis(data, tmp_path):
 
 def test_ray_engine_with_views_gives_the_local_rows(data, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from featcache.ray_engine import connect
+    from featcache.extraction.ray_engine import connect
 
     connect(num_cpus=2)
     try:
@@ -305,7 +305,7 @@ def test_ray_engine_with_views_gives_the_local_rows(data, tmp_path):
 
 
 def test_a_sweep_file_takes_views_as_one_recipe_or_a_list(tmp_path):
-    from featcache.sweeps import plan_from_toml
+    from featcache.sweeps.sweep import plan_from_toml
 
     (tmp_path / "sweep.toml").write_text('[[features]]\nmodel = "resnet18"\nweights = "none"\npool = "avg"\n'
                                          'views = ["none", "rrc:4"]\n[[features]]\nmodel = "resnet18"\nviews = "flip"\n')

@@ -12,20 +12,20 @@ from dataclasses import dataclass
 
 from classifiers.registry import Registry, unknown_message
 
-from ..errors import FeatcacheError, ModelError
-from ..extract_config import check_image_size
-from . import graph
-from . import weights as w
-from .family import Family
-from .spec import Backbone, ExtractorSpec, Preprocess, Tokens, Weights
+from featcache.core.errors import FeatcacheError, ModelError
+from featcache.config.extract import check_image_size
+from featcache.backbones import graph
+from featcache.backbones import weights as w
+from featcache.backbones.family import Family
+from featcache.backbones.spec import Backbone, ExtractorSpec, Preprocess, Tokens, Weights
 
 registry: Registry[type[Family]] = Registry("backbone")
 register_backbone = registry.register
 
-from . import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
-from .openclip_family import OpenClipFamily  # noqa: E402  (imports open_clip only when used)
-from .timm_family import TimmFamily  # noqa: E402
-from .torchvision_family import TorchvisionFamily  # noqa: E402
+from featcache.backbones import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
+from featcache.backbones.openclip_family import OpenClipFamily  # noqa: E402  (imports open_clip only when used)
+from featcache.backbones.timm_family import TimmFamily  # noqa: E402
+from featcache.backbones.torchvision_family import TorchvisionFamily  # noqa: E402
 
 _TORCHVISION = TorchvisionFamily()
 _TIMM = TimmFamily()

@@ -8,9 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import graph
-from . import weights as w
-from .spec import Preprocess, Tokens, Weights
+from featcache.backbones import graph
+from featcache.backbones import weights as w
+from featcache.backbones.spec import Preprocess, Tokens, Weights
 
 
 class Family:

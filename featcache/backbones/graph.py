@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import FeatcacheError, ModelError
-from ..extract_config import POOLS
-from .spec import Tokens
+from featcache.core.errors import FeatcacheError, ModelError
+from featcache.config.extract import POOLS
+from featcache.backbones.spec import Tokens
 
 TOKEN_POOLS = ("cls", "avg_patch")  # they need to know where a token sequence's patch tokens start
 _TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)

@@ -18,12 +18,12 @@ import os
 import torch
 from torch import nn
 
-from .. import config
-from ..errors import ModelError, WeightsError
-from . import weights as w
-from .family import Family
-from .spec import INTERPOLATIONS, Preprocess, Tokens, Weights
-from .timm_family import timm_tokens
+from featcache.core import paths as config
+from featcache.core.errors import ModelError, WeightsError
+from featcache.backbones import weights as w
+from featcache.backbones.family import Family
+from featcache.backbones.spec import INTERPOLATIONS, Preprocess, Tokens, Weights
+from featcache.backbones.timm_family import timm_tokens
 
 ENCODE_IMAGE = "encode_image"
 INSTALL = "pip install 'featcache[clip]'"

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import config
-from ..errors import ModelError, WeightsError
-from . import graph
-from . import weights as w
-from .family import Family
-from .spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
+from featcache.core import paths as config
+from featcache.core.errors import ModelError, WeightsError
+from featcache.backbones import graph
+from featcache.backbones import weights as w
+from featcache.backbones.family import Family
+from featcache.backbones.spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
 
 FORWARD_FEATURES = "forward_features"
 PRE_LOGITS = "pre_logits"

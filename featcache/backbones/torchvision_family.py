@@ -10,12 +10,12 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from .. import config
-from ..errors import WeightsError
-from . import graph
-from . import weights as w
-from .family import Family
-from .spec import Preprocess, Tokens, Weights
+from featcache.core import paths as config
+from featcache.core.errors import WeightsError
+from featcache.backbones import graph
+from featcache.backbones import weights as w
+from featcache.backbones.family import Family
+from featcache.backbones.spec import Preprocess, Tokens, Weights
 
 # Classifier-only tails where the generic "input of the global pool" rule picks the class map.
 _DEFAULT_LAYERS = {"squeezenet1_0": "features", "squeezenet1_1": "features"}

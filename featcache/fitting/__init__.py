@@ -1,0 +1,1 @@
+"""Feature set -> run: parameters, splits, grid search, scoring, run folders, their reports, and prediction."""

@@ -1,0 +1,1 @@
+"""Pages people look at: Markdown/HTML blocks with user text kept apart from featcache's links, plots and thumbnails."""

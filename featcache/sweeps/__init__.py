@@ -1,0 +1,1 @@
+"""Backbones x layers x pooling x views x heads on one folder: the sweep and its leaderboard."""
