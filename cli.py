@@ -17,9 +17,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from featcache.config.extract import DECODERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLS  # noqa: E402  (import-light: no torch)
+from featcache.config.choices import (
+    AT_TEST,  # noqa: E402  (standard library only)
+    DECODERS,
+    POOLS,
+)
+from featcache.config.extract import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # noqa: E402  (import-light: no torch)
 from featcache.core.text import printable, terminal  # noqa: E402  (standard library only)
-from featcache.config.views import AT_TEST  # noqa: E402  (standard library only)
 
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
@@ -42,8 +46,8 @@ class CountOrAuto(click.ParamType):
         self.minimum = minimum
 
     def convert(self, value, param, ctx):
-        from featcache.core.errors import FeatcacheError
         from featcache.config.extract import count_or_auto
+        from featcache.core.errors import FeatcacheError
 
         flag = param.opts[0] if param else "value"
         try:
@@ -360,7 +364,8 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
 def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet, as_json):
     """Find exact and near duplicates, leaks across the test split and CV folds, conflicting labels, likely
     label errors and outliers in a cached feature set (the backbone is not run again)."""
-    from featcache.audit.findings import AuditConfig, audit as run_audit
+    from featcache.audit.findings import AuditConfig
+    from featcache.audit.findings import audit as run_audit
     from featcache.audit.report import OUT_FIX, summary, write
     from featcache.core.files import writable_dir
 
@@ -397,17 +402,17 @@ def heads():
 @JSON
 def runs(sort, head, features, runs_dir, as_json):
     """Compare runs: head, feature set, best params, CV mean +- std, test accuracy, fit time."""
-    from featcache.core import paths as config
+    from featcache.core import paths
     from featcache.fitting.runs import list_runs
 
-    found = [r.to_row() for r in list_runs(config.runs_dir(runs_dir))]
+    found = [r.to_row() for r in list_runs(paths.runs_dir(runs_dir))]
     found = [r for r in found if (not head or r["head"] == head) and (not features or r["features"].startswith(features))]
     keys = {"created": "created", "head": "head", "features": ("model", "layer"), "cv": "cv_mean", "test": "test_accuracy",
             "time": "fit_seconds"}
     key = keys[sort]
     found.sort(key=lambda r: tuple(r[k] for k in key) if isinstance(key, tuple) else r[key],
                reverse=sort in ("cv", "test"))
-    _listing(found, as_json, f"no runs in {config.runs_dir(runs_dir)}: `featcache fit` makes one",
+    _listing(found, as_json, f"no runs in {paths.runs_dir(runs_dir)}: `featcache fit` makes one",
              ("RUN", "HEAD", "FEATURES", "BEST PARAMS", "CV ACCURACY", "TEST ACC", "FIT S"),
              lambda r: (r["name"], r["head"], f"{r['model']}/{r['layer']}/{r['pool']} {r['features'][:8]}",
                         ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items()) or "-",
@@ -422,15 +427,15 @@ def report(targets, out, runs_dir):
     """Re-render one run's report (default: the newest run), a sweep's leaderboard, or several runs side by side."""
     from pathlib import Path
 
-    from featcache.core import paths as config
-    from featcache.report import render as rep
+    from featcache.core import paths
+    from featcache.fitting import report as rep
     from featcache.fitting.runs import latest, load_run
 
     if not targets:
-        targets = (str(latest(config.runs_dir(runs_dir))),)
+        targets = (str(latest(paths.runs_dir(runs_dir))),)
 
     if len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file():
-        from featcache.sweeps.sweep import render as render_sweep
+        from featcache.sweeps.leaderboard import render as render_sweep
 
         for path in render_sweep(targets[0]):
             echo(f"wrote {path}")
@@ -446,7 +451,7 @@ def report(targets, out, runs_dir):
         return
     from datetime import datetime
 
-    folder = Path(out) if out else config.runs_dir(runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = Path(out) if out else paths.runs_dir(runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     md, page = rep.render_comparison(loaded, folder)
     echo(md.read_text(encoding="utf-8"))
     echo(f"wrote {md} and {page}")
@@ -464,14 +469,15 @@ def report(targets, out, runs_dir):
 @JSON
 def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quiet, as_json):
     """Label new images (files or folders), or the rows of a cached feature set, with a run's head."""
-    from featcache.core import paths as config
-    from featcache.fitting.predict import predict as run_predict, predict_features
+    from featcache.core import paths
+    from featcache.fitting.predict import predict as run_predict
+    from featcache.fitting.predict import predict_features
     from featcache.fitting.runs import latest
 
     if bool(inputs) == bool(features):
         raise click.UsageError("give images or folders to label, or --features ID, not both")
     if run is None:
-        run = latest(config.runs_dir(runs_dir))
+        run = latest(paths.runs_dir(runs_dir))
         if not quiet:
             echo(f"using run {run} (the newest)", err=True)
 
@@ -522,9 +528,9 @@ def sweep(data, models, layers, pools, views, heads, params, config_file, image_
 
 
 def _cache_path(cache_dir):
-    from featcache.core import paths as config
+    from featcache.core import paths
 
-    return config.cache_dir(cache_dir)
+    return paths.cache_dir(cache_dir)
 
 
 def _size(n: int) -> str:

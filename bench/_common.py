@@ -170,7 +170,7 @@ def machine() -> str:
     import torch
     import torchvision
 
-    from featcache.extraction.engine import usable_cores
+    from featcache.core.machine import usable_cores
 
     cores = usable_cores()
 

@@ -212,7 +212,7 @@ def seed_style(data, split) -> dict:
 def fit_cell(fsid, cache, runs, data, split, head, grid, fixed, cv, views_at_test="mean") -> dict:
     """``featcache.fit`` through the public API; per-image correctness with and without views."""
     import featcache
-    from featcache.config.views import aggregate
+    from featcache.fitting.evaluation import aggregate
 
     start = time.perf_counter()
     run = featcache.fit(head=head, features=fsid, params=grid, head_params=fixed, cv=cv, cache_dir=cache, runs_dir=runs,
@@ -320,7 +320,7 @@ def interval(correct, seed: int = 0, n: int = 2000) -> tuple[float, float]:
 
 def versus(a, b) -> tuple[float, float, float, bool]:
     """Difference a - b, its paired 95% bootstrap interval, and whether it excludes 0."""
-    from featcache.sweeps.sweep import bootstrap_interval
+    from featcache.sweeps.leaderboard import bootstrap_interval
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     lo, hi = bootstrap_interval(a, b)

@@ -18,9 +18,8 @@ import random
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
-
 from _common import out_dir
+from PIL import Image, ImageEnhance
 
 EDITS = {
     "jpeg q95": lambda im: ("jpg", im, {"quality": 95}),

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import machine, out_dir, scratch  # noqa: E402
 
 DIM, CLASSES = 1280, 10
@@ -60,8 +59,8 @@ class SyntheticRows:
 
 
 def make(n: int, cache: Path, seed: int = 0) -> str:
-    from featcache.store.manifest import Manifest
     from featcache.store.featureset import write_feature_set
+    from featcache.store.manifest import Manifest
 
     rng = np.random.default_rng(seed)
     true = rng.integers(0, CLASSES, n)
@@ -98,12 +97,12 @@ def high_water_mb() -> int:
 
 def child(cache: str, fsid: str, precision: str) -> None:
     """Run in a fresh process: one audit, its steps' times and the peak RSS, as JSON on stdout."""
+    import sklearn.linear_model  # noqa: F401  (imports counted in the baseline, not the audit)
+    import torch  # noqa: F401
+
     import featcache.audit.findings as audit_mod
     from featcache.audit import search as audit_search
     from featcache.audit.report import write
-
-    import sklearn.linear_model  # noqa: F401  (imports counted in the baseline, not the audit)
-    import torch  # noqa: F401
 
     baseline = high_water_mb()
     if precision != "auto":  # pin the tile precision for a comparison

@@ -27,8 +27,8 @@ import time
 
 import _common as C
 import torch
-
 from extract_speed import CORES, MODELS, decode_ms, engine_rate_child, featcache_rate, image_files, weights_of
+
 from featcache import backbones
 from featcache.extraction import tuning
 

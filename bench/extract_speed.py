@@ -36,12 +36,13 @@ from pathlib import Path
 
 import _common as C
 import torch
+from naive_loop import image_files, naive_extract
 
 import featcache
 from featcache import backbones
+from featcache.config.decode import Decode
 from featcache.extraction import engine as E
-from featcache.extraction.decode import Decode, ImageRows, Transform, collate
-from naive_loop import image_files, naive_extract
+from featcache.extraction.decode import ImageRows, Transform, collate
 
 MODELS = {"efficientnet_lite0": "DEFAULT", "resnet18": "none"}
 QUIET = dict(retries=1, max_wait=15.0)  # see _common.measured

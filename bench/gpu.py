@@ -49,9 +49,10 @@ import torch
 
 import featcache
 from featcache import backbones
+from featcache.config.decode import Decode
 from featcache.extraction import engine as E
 from featcache.extraction import tuning
-from featcache.extraction.decode import Decode, Transform, normalize
+from featcache.extraction.decode import Transform, normalize
 
 HEADLINE_TARGET = 0.8
 GPU_MODELS = "resnet50,vgg16,efficientnet_lite0,vit_b_16"

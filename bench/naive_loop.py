@@ -32,7 +32,7 @@ BATCH = 10
 
 def image_files(data: str | Path) -> list[str]:
     """Same files in the same order as featcache (its manifest walk; stat only)."""
-    from featcache.store.manifest import scan
+    from featcache.extraction.scan import scan
 
     m = scan(data)
     return [str(m.root / p) for p in m.paths]

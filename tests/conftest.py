@@ -21,7 +21,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 GUARDED = ("data", ".featcache", "runs", "sweeps")  # the repository's folders that featcache's defaults name
-PAUSE_AFTER, PAUSE_FILE = "FEATCACHE_TEST_PAUSE_AFTER", "FEATCACHE_TEST_PAUSE_FILE"  # featcache/staging.py's test hook
+PAUSE_AFTER, PAUSE_FILE = "FEATCACHE_TEST_PAUSE_AFTER", "FEATCACHE_TEST_PAUSE_FILE"  # tests/pause_hook/sitecustomize.py
+PAUSE_HOOK = Path(__file__).resolve().parent / "pause_hook"
 
 
 def pytest_configure(config):
@@ -123,11 +124,12 @@ class Background:
     def start(self, *args, pause_after: int | None = None, marker: Path | None = None, env=None, cwd=None,
               **popen) -> subprocess.Popen:
         """Start ``featcache ARGS``. With ``pause_after=N`` (and a ``marker`` path), return only once the
-        process has committed exactly N batches and stopped (staging's test hook); it goes on when the
+        process has committed exactly N batches and stopped (tests/pause_hook); it goes on when the
         marker is deleted."""
         env = dict(env or cli_env())
         if pause_after is not None:
-            env.update({PAUSE_AFTER: str(pause_after), PAUSE_FILE: str(marker)})
+            env.update({PAUSE_AFTER: str(pause_after), PAUSE_FILE: str(marker),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(PAUSE_HOOK), env.get("PYTHONPATH")]))})
         proc = subprocess.Popen(featcache_command() + [str(a) for a in args], env=env, cwd=_outside_repo(cwd), **popen)
         self.procs.append(proc)
         if pause_after is not None:

@@ -18,7 +18,8 @@ from featcache.audit.findings import audit
 from featcache.audit.report import write
 from featcache.audit.search import search
 from featcache.fitting.runs import RunParams, load_run
-from tests.conftest import as_written_before_versioning, featcache as run_cli
+from tests.conftest import as_written_before_versioning
+from tests.conftest import featcache as run_cli
 
 CLASSES = ("circles", "squares", "stripes", "triangles")
 

@@ -13,9 +13,11 @@ import pytest
 from PIL import Image, ImageOps
 
 import featcache
-from featcache.extraction.decode import BadImage, Transform, open_rgb
 from featcache.backbones.spec import Preprocess
-from tests.conftest import featcache as run_cli, make_images, without_root_privileges
+from featcache.extraction.decode import Transform
+from featcache.extraction.images import BadImage, open_rgb
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images, without_root_privileges
 
 NON_UTF8 = b"caf\xe9.png"
 
@@ -162,7 +164,7 @@ def test_modes_convert_to_rgb_faithfully(tmp_path):
 
 def test_a_file_that_later_disappears_is_skipped_not_fatal(tmp_path, cache_dir):
     data = make_images(tmp_path / "data", per_class=3)
-    from featcache.store import manifest as m
+    from featcache.extraction import scan as m
     from featcache.extraction.decode import ImageRows
 
     man = m.scan(data)

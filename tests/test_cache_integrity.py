@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.store import cache, featureset as store
 from featcache.core.errors import CacheError, DamagedError, FeatcacheError
-from tests.conftest import as_written_before_versioning, cli_env, featcache as run_cli, make_images, without_root_privileges
+from featcache.store import cache
+from featcache.store import featureset as store
+from tests.conftest import as_written_before_versioning, cli_env, make_images, without_root_privileges
+from tests.conftest import featcache as run_cli
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=4)
 CLI_FAST = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0"]

@@ -7,8 +7,8 @@ from collections import Counter
 import h5py
 import pytest
 
-from featcache.store import cache
 from featcache.core.errors import CacheError
+from featcache.store import cache
 
 
 @pytest.fixture

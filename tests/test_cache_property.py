@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import featcache
-from featcache.store import cache, featureset as store
 from featcache.core.errors import FeatcacheError
+from featcache.store import cache
+from featcache.store import featureset as store
 from featcache.store.manifest import Manifest
 
 COMPLETE = ["aaaa1111bbbb2222", "aaaa1111cccc3333", "dddd4444eeee5555"]  # two share an 8-character prefix

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featcache.core.files import FORMULA_START, read_csv, write_csv
 from featcache.core.errors import RunError
-from featcache.report.gallery import Card
-from featcache.fitting.pipeline import read_exclusions
-from featcache.report.render import to_html, to_markdown
-from featcache.fitting.gallery import MAP_FILE, read_map
+from featcache.core.files import FORMULA_START, read_csv, write_csv
 from featcache.core.text import Code, Link, printable, terminal
+from featcache.fitting.gallery import MAP_FILE, read_map
+from featcache.fitting.pipeline import read_exclusions
+from featcache.report.gallery import Card
+from featcache.report.render import to_html, to_markdown
 from tests.conftest import featcache as run_cli
 from tests.conftest import make_images
 

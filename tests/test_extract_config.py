@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.fitting import pipeline
 from featcache.core.errors import FeatcacheError
-from tests.conftest import cli_env, featcache as run_cli, featcache_command, make_images
+from featcache.fitting import pipeline
+from tests.conftest import cli_env, featcache_command, make_images
+from tests.conftest import featcache as run_cli
 
 FAST = {"model": "resnet18", "weights": "none", "image_size": 32, "progress_bar": False}
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 import featcache
 from featcache.core.errors import CacheError
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 SLOW = ["--model", "resnet18", "--weights", "none", "--batch-size", "4", "--workers", "0", "--json", "-q"]
 

@@ -12,7 +12,8 @@ import featcache
 from classifiers import load_head, scores
 from featcache.core.errors import CacheError, FeatcacheError, RunError
 from featcache.fitting.runs import load_run
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 EXTRACT = dict(model="resnet18", weights="none", image_size=64, progress_bar=False)
 

@@ -14,7 +14,8 @@ import featcache
 from classifiers import ParamError, get_head, save_head
 from featcache.core.errors import FeatcacheError
 from featcache.fitting.runs import load_run
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 EXTRACT = dict(model="resnet18", weights="none", image_size=64, progress_bar=False)
 

@@ -22,14 +22,17 @@ import torch
 from PIL import Image, ImageOps
 
 import featcache
-from featcache.store import fingerprint
-from featcache.extraction import jpeg
 from featcache.backbones import resolve
 from featcache.backbones.spec import Preprocess
+from featcache.config.decode import Decode
 from featcache.core.errors import FeatcacheError
-from featcache.extraction.decode import BadImage, Decode, Transform
+from featcache.extraction import jpeg
+from featcache.extraction.decode import Transform
+from featcache.extraction.images import BadImage
+from featcache.store import fingerprint
 from featcache.store.staging import Staging
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 from tests.test_bad_images import _asymmetric, _jpeg_bytes, build_messy_folder
 
 CPU = torch.device("cpu")

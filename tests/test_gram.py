@@ -126,7 +126,6 @@ def test_ridge_on_raw_large_wide_rows_is_ridgeclassifier(alpha):
     alpha = 1e-12 that matrix is singular to rounding (X_c X_c^T has a null direction at ~ -1e-10):
     solved without that direction, exactly."""
     from sklearn.linear_model import RidgeClassifier
-
     from threadpoolctl import threadpool_limits
 
     X, y = _raw(d=600)

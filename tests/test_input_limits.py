@@ -11,9 +11,10 @@ from PIL import Image
 
 import featcache
 from featcache.backbones import resolve
-from featcache.core.errors import ModelError
 from featcache.config.extract import MAX_IMAGE_SIZE, ExtractConfig
-from tests.conftest import featcache as run_cli, make_images
+from featcache.core.errors import ModelError
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 
 @pytest.fixture(scope="module")

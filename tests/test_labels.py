@@ -14,8 +14,9 @@ from PIL import Image
 import featcache
 from featcache.audit.findings import audit
 from featcache.core.errors import CacheError, DataError
-from featcache.store.manifest import scan
-from tests.conftest import featcache as run_cli, make_images
+from featcache.extraction.scan import scan
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 from tests.test_audit import CLASSES, scene
 
 FAST = {"model": "resnet18", "weights": "none", "image_size": 32, "progress_bar": False}

@@ -12,11 +12,12 @@ import pytest
 
 import featcache
 from featcache.core.errors import DataError
-from featcache.extraction.extract import ExtractResult, read_from
 from featcache.core.files import CACHEDIR_SIGNATURE, CACHEDIR_TAG, OUTPUT_MARKER
-from featcache.store.manifest import scan
+from featcache.extraction.extract import ExtractResult, read_from
+from featcache.extraction.scan import scan
 from featcache.fitting.splits import make_split
-from tests.conftest import featcache as run_cli, make_images, without_root_privileges
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images, without_root_privileges
 
 FAST = {"model": "resnet18", "weights": "none", "image_size": 32, "progress_bar": False}
 CLI_FAST = ("--model", "resnet18", "--weights", "none", "--image-size", "32")
@@ -233,7 +234,7 @@ def test_featcache_output_folders_inside_the_data_are_never_read(tmp_path):
     featcache.extract(data, cache_dir=data / "features", **FAST)
     run = featcache.fit(head="logreg", params={"C": [1.0]}, cv=2, cache_dir=data / "features", runs_dir=data / "runs",
                         progress_bar=False)
-    from featcache.report import render as report
+    from featcache.fitting import report
 
     report.render_comparison([run, run], data / "compare")
     assert (data / "features" / CACHEDIR_TAG).read_bytes().startswith(CACHEDIR_SIGNATURE)

@@ -20,9 +20,10 @@ from PIL import Image
 
 import featcache
 from featcache import backbones
-from featcache.store import fingerprint
+from featcache.config.decode import Decode
 from featcache.core.errors import FeatcacheError, ModelError, WeightsError
-from featcache.extraction.decode import Decode, Transform, normalize
+from featcache.extraction.decode import Transform, normalize
+from featcache.store import fingerprint
 from tests.conftest import ROOT, cli_env, make_images
 from tests.conftest import featcache as run_cli
 from tests.test_token_models import TOLERANCE

@@ -12,7 +12,8 @@ from featcache import backbones
 from featcache.backbones import efficientnet_lite as lite
 from featcache.core.errors import WeightsError
 from featcache.extraction.decode import Transform, normalize
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 VARIANTS = {v.name: v for v in (lite.LITE0, lite.LITE1, lite.LITE2)}
 # (picture, k, class that must be among the top k). scikit-learn's photo of a temple, its flower, matplotlib's

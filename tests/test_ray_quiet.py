@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, featcache as run_cli, make_images
+from tests.conftest import cli_env, make_images
+from tests.conftest import featcache as run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

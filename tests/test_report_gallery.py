@@ -9,7 +9,8 @@ import shutil
 
 import featcache
 from featcache.fitting.gallery import MAP_FILE
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 EXTRACT = dict(model="resnet18", weights="none", image_size=32, progress_bar=False)
 

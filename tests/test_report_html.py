@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import featcache
-from featcache.report.render import html_inline, md_inline
 from featcache.core.text import Code, Link, Strong
+from featcache.report.render import html_inline, md_inline
 from tests.conftest import make_images
 
 

@@ -6,7 +6,8 @@ import json
 
 import featcache
 from featcache.fitting.runs import RunMetrics, RunParams, load_run
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 
 def test_run_files_round_trip_through_the_typed_record_and_the_cli_serialises_it(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import featcache
 from featcache.core.errors import CacheError
 from featcache.extraction.shards import merge
-from tests.conftest import cli_env, featcache as run_cli, make_images
+from tests.conftest import cli_env, make_images
+from tests.conftest import featcache as run_cli
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=8)
 
@@ -24,7 +25,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from featcache.extraction.ray_engine import connect
+    from featcache.core.cluster import connect
 
     connect(num_cpus=2)
     yield ray

@@ -12,12 +12,13 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from featcache.core.errors import DataError
-from featcache.extraction.extract import ExtractResult, read_from
-from featcache.store.manifest import SPLIT_ALIASES, scan
 from featcache.core.text import printable
+from featcache.extraction.extract import ExtractResult, read_from
+from featcache.extraction.scan import SPLIT_ALIASES, scan
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAME_MAX = 255  # bytes in one file name on Linux file systems

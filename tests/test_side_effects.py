@@ -25,7 +25,7 @@ def _python(code: str, env: dict | None = None) -> str:
 
 
 def test_importing_featcache_sets_no_environment_variable():
-    code = "import os; before = dict(os.environ); import featcache, featcache.config; print(dict(os.environ) == before)"
+    code = "import os; before = dict(os.environ); import featcache, featcache.core.paths; print(dict(os.environ) == before)"
     assert _python(code) == "True"
 
 
@@ -98,7 +98,8 @@ import sys
 from pathlib import Path
 import matplotlib
 matplotlib.use("template")
-from featcache import report, sweeps
+from featcache.report import plots as report
+from featcache.sweeps import leaderboard as sweeps
 out = Path(sys.argv[1])
 table = {"param_C": [0.1, 1.0, 10.0], "mean_test_score": [0.5, 0.7, 0.6], "std_test_score": [0.1, 0.1, 0.1]}
 paths = [report.plot_param(table, "C", out / "c.png", "C"), report.plot_confusion([[3, 1], [0, 4]], ["a", "b"], out / "m.png"),
@@ -129,8 +130,8 @@ torch.set_num_threads(3)
 if engine == "ray":
     import ray.data
 import featcache
-from featcache import report
-from featcache.runs import load_run
+from featcache.fitting import report
+from featcache.fitting.runs import load_run
 from tests.conftest import make_images
 
 data = make_images(work / "data", classes=("a", "b"), per_class=6, size=(40, 40))

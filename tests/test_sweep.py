@@ -11,9 +11,10 @@ import pytest
 
 import featcache
 from featcache import backbones
-from featcache.fitting import pipeline
 from featcache.core.errors import FeatcacheError
-from tests.conftest import featcache as run_cli, make_images
+from featcache.fitting import pipeline
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 ARGS = ["--model", "resnet18@none", "--model", "mobilenet_v3_small@none", "--head", "svm", "--head", "logreg",
         "--param", "svm.C=0.1,1", "--param", "logreg.C=1", "--image-size", "48", "--cv", "3", "-q"]

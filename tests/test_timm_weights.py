@@ -14,10 +14,11 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 from featcache import backbones
-from featcache.store import fingerprint
 from featcache.backbones.spec import Preprocess
+from featcache.config.decode import Decode
 from featcache.core.errors import WeightsError
-from featcache.extraction.decode import Decode, Transform
+from featcache.extraction.decode import Transform
+from featcache.store import fingerprint
 
 # Two tags of one architecture whose configs differ: crop_pct + interpolation; input size + crop mode.
 PAIRS = [("resnet50", "a1_in1k", "tv_in1k"), ("convnext_tiny", "fb_in1k", "fb_in22k_ft_in1k_384")]

@@ -118,7 +118,8 @@ def test_a_token_pool_where_it_cannot_apply_is_one_clear_error(model, layer, poo
 
 
 def test_the_pooling_choices_are_one_list_everywhere(photos, tmp_path):
-    from featcache.config.extract import POOLS, ExtractConfig
+    from featcache.config.choices import POOLS
+    from featcache.config.extract import ExtractConfig
 
     assert POOLS == ("none", "avg", "max", "cls", "avg_patch")
     with pytest.raises(FeatcacheError, match="unknown pooling 'mean'"):

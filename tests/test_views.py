@@ -14,12 +14,14 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.core.errors import FeatcacheError
 from featcache.config.extract import ExtractConfig
+from featcache.config.views import Views, ViewsError
+from featcache.core.errors import FeatcacheError
+from featcache.fitting.evaluation import ImageScorer, aggregate
 from featcache.fitting.pipeline import load_features
 from featcache.fitting.splits import make_split
-from featcache.config.views import ImageScorer, Views, ViewsError, aggregate
-from tests.conftest import featcache as run_cli, make_images
+from tests.conftest import featcache as run_cli
+from tests.conftest import make_images
 
 FAST = dict(model="resnet18", weights="none", image_size=32, progress_bar=False, batch_size=4)
 SWEEP_FAST = ["--model", "resnet18@none", "--image-size", "32"]
@@ -56,7 +58,8 @@ def test_recipes_parse_to_one_spelling_and_bad_ones_are_one_line():
 
 def test_random_crops_depend_on_the_seed_and_the_files_bytes_only(tmp_path):
     from featcache.backbones.spec import Preprocess
-    from featcache.extraction.decode import Decode, Transform
+    from featcache.config.decode import Decode
+    from featcache.extraction.decode import Transform
 
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "x.jpg")
@@ -287,7 +290,7 @@ def test_sweep_compares_view_recipes_like_any_axis(data, tmp_path):
 
 def test_ray_engine_with_views_gives_the_local_rows(data, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from featcache.extraction.ray_engine import connect
+    from featcache.core.cluster import connect
 
     connect(num_cpus=2)
     try:

@@ -26,12 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import cache
-from featcache.core import paths as config, progress
+from featcache.audit.search import search
+from featcache.core import paths, progress
 from featcache.core.errors import FeatcacheError
-from featcache.store.manifest import UNLABELLED, Manifest, display, hash_files
-from featcache.fitting.splits import check_split_options
-from featcache.store.featureset import FeatureSet, open_verified
+from featcache.core.text import display
+from featcache.extraction.scan import hash_files
+from featcache.fitting.splits import assign, check_split_options
+from featcache.store import cache
+from featcache.store.featureset import open_verified
+from featcache.store.manifest import UNLABELLED, Manifest
+from featcache.store.pooling import pooled
 
 KINDS = ("exact_duplicate", "near_duplicate", "label_error", "outlier")
 KIND_TITLES = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate", "label_error": "likely label error",
@@ -148,42 +152,6 @@ class AuditResult:
 
 
 # ---------------------------------------------------------------------------------------- steps
-def pooled(fs: FeatureSet, bar=None) -> np.ndarray:
-    """(rows, channels) float32, L2-normalised; maps are max-pooled over their spatial positions.
-
-    Max rather than average, measured by bench/audit_pooling.py on edited copies of real photos
-    (bench/RESULTS.md, section 12): on trashnet, at the similarity where the set itself has 25 other
-    pairs, JPEG q50 copies stay above it 80% of the time under max and 30% under average (q75: 100%
-    vs 70%, mirror images 80% vs 60%); on oxford17flowers the two are even except 90% crops, which
-    average keeps better (95% vs 75%). The label check is as accurate on either (out-of-fold
-    accuracy, max vs average: 0.873 vs 0.873 on trashnet, 0.953 vs 0.957 on oxford17flowers).
-    Vector feature sets (``--pool avg|max``) are used as stored."""
-    n = len(fs)
-    shape = fs.feature_shape
-    out = np.empty((n, shape[0] if shape else 1), dtype=np.float32)
-    for start, block in fs.iter_blocks():
-        block = pool_rows(block)
-        out[start:start + len(block)] = block
-        if bar is not None:
-            bar.update(len(block))
-    return unit_rows(out)
-
-
-def pool_rows(block: np.ndarray) -> np.ndarray:
-    """(rows, channels, ...) -> (rows, channels) float32: the maximum over positions."""
-    block = np.asarray(block).astype(np.float32, copy=False)
-    if block.ndim > 2:
-        block = block.reshape(len(block), block.shape[1], -1).max(axis=2)
-    return block.reshape(len(block), -1)
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, in place (all-zero rows stay zero; no temporary copy of X)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
-    np.divide(X, norms, out=X, where=norms > 0)
-    return X
-
-
 def content_hashes(manifest: Manifest, root: Path, say: bool, notes: list[str]) -> list[str]:
     """The recorded hashes, completed from the data folder where they are missing."""
     recorded = manifest.content_hashes or [""] * len(manifest)
@@ -212,8 +180,6 @@ def content_hashes(manifest: Manifest, root: Path, say: bool, notes: list[str]) 
 
 def fit_places(manifest: Manifest, cfg: AuditConfig, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per entry: in `fit`'s test set, and its CV fold (-1: test or unknown), exactly as `fit` assigns them."""
-    from featcache.fitting.splits import assign
-
     n = len(manifest)
     stored_test = np.array([s == "test" for s in manifest.splits], dtype=bool)
     if not manifest.labelled:
@@ -368,7 +334,7 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
     """Audit a cached feature set; ``audit(features="ab12", threshold=0.9)`` or ``audit(AuditConfig(...))``."""
     cfg = cfg or AuditConfig(**settings)
     say = progress_bar
-    root_dir = config.cache_dir(cfg.cache_dir)
+    root_dir = paths.cache_dir(cfg.cache_dir)
     path = cache.latest(root_dir) if cfg.features is None else cache.find(cfg.features, root_dir)
     seconds: dict[str, float] = {}
     notes: list[str] = []
@@ -405,7 +371,6 @@ def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings)
     seconds["hash"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    from featcache.audit.search import search
 
     bar = progress.bar(len(X), "search neighbours", say)
     try:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featcache.core import progress
-from featcache.report import render as report
 from featcache.audit.findings import KIND_TITLES, AuditResult, Finding
+from featcache.core import progress
 from featcache.core.files import output_dir, write_csv
+from featcache.core.text import Code, Link, display, printable
+from featcache.report import render as report
 from featcache.report.gallery import Card, Thumbnails
-from featcache.store.manifest import display
-from featcache.core.text import Code, Link, printable
 
 MAX_CARDS = 200  # per section on the page; audit.csv lists every finding
 OUT_FIX = "choose another folder with --out, or make it writable"

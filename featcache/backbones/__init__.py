@@ -2,55 +2,25 @@
 
 ``resolve`` fixes everything that determines the feature numbers without loading any weights
 (architectures are built on the meta device); ``build`` turns that record into a ready module.
-A new built-in backbone is one module with one ``@register_backbone`` class.
+A new backbone (or library of them) is one module with one ``@register_backbone`` class
+(featcache/backbones/registry.py).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
-from classifiers.registry import Registry, unknown_message
-
-from featcache.core.errors import FeatcacheError, ModelError
-from featcache.config.extract import check_image_size
-from featcache.backbones import graph
+# Each family module registers itself on import (featcache/backbones/registry.py).
+from featcache.backbones import efficientnet_lite, graph, openclip_family, timm_family, torchvision_family  # noqa: F401
 from featcache.backbones import weights as w
 from featcache.backbones.family import Family
+from featcache.backbones.registry import family_of, model_names, register_backbone, registry  # noqa: F401
 from featcache.backbones.spec import Backbone, ExtractorSpec, Preprocess, Tokens, Weights
+from featcache.config.extract import check_image_size
+from featcache.core.errors import FeatcacheError
 
-registry: Registry[type[Family]] = Registry("backbone")
-register_backbone = registry.register
-
-from featcache.backbones import efficientnet_lite  # noqa: E402,F401  (registers the built-in, offline backbones)
-from featcache.backbones.openclip_family import OpenClipFamily  # noqa: E402  (imports open_clip only when used)
-from featcache.backbones.timm_family import TimmFamily  # noqa: E402
-from featcache.backbones.torchvision_family import TorchvisionFamily  # noqa: E402
-
-_TORCHVISION = TorchvisionFamily()
-_TIMM = TimmFamily()
-_OPENCLIP = OpenClipFamily()
-_PREFIXED = (_TIMM, _OPENCLIP)  # families a user names as PREFIX:ARCH
-
-__all__ = ["Backbone", "ExtractorSpec", "Preprocess", "Weights", "resolve", "build", "model_names", "describe", "family_of"]
-
-
-def family_of(model: str) -> tuple[Family, str]:
-    """Which family builds ``model`` and under which architecture name."""
-    for family in _PREFIXED:
-        if model.startswith(family.prefix):
-            arch = model[len(family.prefix):]
-            if not family.has(arch):
-                raise ModelError(unknown_message(f"{family.name} model", arch, family.archs())
-                                 + f" (`featcache models '{family.prefix}*'` lists them)")
-            return family, arch
-    if model in registry:
-        return registry.get(model)(), model
-    if _TORCHVISION.has(model):
-        return _TORCHVISION, model
-    known = registry.names() + _TORCHVISION.archs()
-    raise ModelError(unknown_message("model", model, known)
-                     + " (timm models: timm:NAME, OpenCLIP: openclip:ARCH/TAG; `featcache models` lists all)")
+__all__ = ["Backbone", "ExtractorSpec", "Preprocess", "Weights", "resolve", "for_config", "build", "model_names", "describe",
+           "family_of", "register_backbone"]
 
 
 def weights_for(family: Family, arch: str, choice: str | None) -> Weights:
@@ -86,6 +56,12 @@ def resolve(
 _CUTS: dict[tuple, tuple[str, tuple[int, ...], Tokens | None]] = {}
 
 
+def for_config(cfg) -> ExtractorSpec:
+    """The extractor record an ``ExtractConfig`` asks for: ``resolve`` with its model, weights, cut,
+    pooling and image size (loads no weights)."""
+    return resolve(cfg.model, weights=cfg.weights, layer=cfg.layer, pool=cfg.pool, image_size=cfg.image_size)
+
+
 def _cut(family: Family, built: str, size, layer: str | None, pool: str, model: str):
     key = (type(family), family.cut_key(built), size, layer, pool)
     if key not in _CUTS:
@@ -118,18 +94,6 @@ class ModelInfo:
     feature_shape: tuple[int, ...]
     weights: str
     described: bool = True  # False: listed by name only (featcache models ran out of its time to describe)
-
-
-def model_names(pattern: str | None = None) -> list[tuple[Family, str, str]]:
-    """(family, arch, user-facing name) for built-ins and torchvision; timm and OpenCLIP for their own globs
-    (``timm:*``, ``openclip:*``)."""
-    prefixed = [f for f in _PREFIXED if pattern and pattern.startswith(f.prefix)]
-    if prefixed:
-        rows = [(prefixed[0], a, prefixed[0].prefix + a) for a in prefixed[0].archs()]
-    else:
-        rows = [(registry.get(n)(), n, n) for n in registry.names()]
-        rows += [(_TORCHVISION, a, a) for a in _TORCHVISION.archs()]
-    return [r for r in rows if not pattern or fnmatch.fnmatch(r[2], pattern)]
 
 
 def describe(family: Family, arch: str, name: str) -> ModelInfo:

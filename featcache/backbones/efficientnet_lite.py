@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featcache.core.errors import WeightsError
-from featcache.backbones import register_backbone
+from featcache.backbones.registry import register_backbone
 from featcache.backbones.spec import Preprocess, Weights
 from featcache.backbones.timm_family import TimmFamily
+from featcache.core.errors import WeightsError
 
 CROP_PADDING = 32  # the TensorFlow reference's
 

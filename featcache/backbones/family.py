@@ -22,6 +22,8 @@ class Family:
 
     name: str = ""
     prefix: str = ""  # what a user writes before the architecture name, e.g. "timm:"
+    usage: str = ""  # how a user names this library's models, for messages (e.g. "timm models: timm:NAME")
+    fallback: bool = False  # a library that claims the plain names it has (torchvision), after the built-ins
     tracer: str = "torchvision"  # whose FX tracer names the graph nodes --layer accepts (graph.fx_nodes)
 
     # -- catalogue -------------------------------------------------------------------------------

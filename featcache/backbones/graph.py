@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.core.errors import FeatcacheError, ModelError
-from featcache.config.extract import POOLS
 from featcache.backbones.spec import Tokens
+from featcache.config.choices import POOLS, one_of
+from featcache.core.errors import FeatcacheError, ModelError
 
 TOKEN_POOLS = ("cls", "avg_patch")  # they need to know where a token sequence's patch tokens start
 _TRY_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
@@ -97,7 +97,7 @@ def pool_features(out: torch.Tensor, pool: str, prefix: int = 0) -> torch.Tensor
 def check_pool(pool: str, shape: tuple[int, ...], layer: str, tokens: Tokens | None = None) -> None:
     """``shape``: the layer's output per image; ``tokens``: the model's token layout (None for maps)."""
     if pool not in POOLS:
-        raise ModelError(f"unknown pooling {pool!r}: use one of {', '.join(POOLS)}")
+        raise ModelError(f"unknown pooling {pool!r}: use {one_of(POOLS)}")
     if pool != "none" and len(shape) < 2:  # already a vector per image
         raise ModelError(
             f"--pool {pool} needs a spatial map or a token sequence, but layer {layer!r} gives {shape[0]}-d vectors: use --pool none"

@@ -15,10 +15,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from featcache import backbones
-from featcache.core import progress
 from featcache.backbones import ModelInfo
-from featcache.core.paths import user_cache_dir
+from featcache.core import progress
 from featcache.core.files import write_json
+from featcache.core.paths import user_cache_dir
 from featcache.store.fingerprint import KEY_VERSION
 
 MEMO_VERSION = 2  # 2: timm token models default to pre_logits; OpenCLIP rows

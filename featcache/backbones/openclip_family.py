@@ -18,12 +18,13 @@ import os
 import torch
 from torch import nn
 
-from featcache.core import paths as config
-from featcache.core.errors import ModelError, WeightsError
 from featcache.backbones import weights as w
 from featcache.backbones.family import Family
+from featcache.backbones.registry import register_backbone
 from featcache.backbones.spec import INTERPOLATIONS, Preprocess, Tokens, Weights
 from featcache.backbones.timm_family import timm_tokens
+from featcache.core import paths
+from featcache.core.errors import ModelError, WeightsError
 
 ENCODE_IMAGE = "encode_image"
 INSTALL = "pip install 'featcache[clip]'"
@@ -71,8 +72,10 @@ def _quiet():
         root.removeFilter(drop)
 
 
+@register_backbone("openclip")
 class OpenClipFamily(Family):
     name = "openclip"
+    usage = "OpenCLIP: openclip:ARCH/TAG"
     prefix = "openclip:"
 
     # -- catalogue -------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ class OpenClipFamily(Family):
         oc = open_clip()
         name, tag = weights.name.split("/")
         _check_text_tower(name)
-        offline = config.offline() or not config.resolvable("huggingface.co")
+        offline = paths.offline() or not paths.resolvable("huggingface.co")
         try:
             with _quiet(), w.hub_offline(offline):
                 model = oc.create_model(name, pretrained=tag)

@@ -16,19 +16,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featcache.core import paths as config
-from featcache.core.errors import ModelError, WeightsError
 from featcache.backbones import graph
 from featcache.backbones import weights as w
 from featcache.backbones.family import Family
+from featcache.backbones.registry import register_backbone
 from featcache.backbones.spec import CROP_MODES, INTERPOLATIONS, Preprocess, Tokens, Weights
+from featcache.core import paths
+from featcache.core.errors import ModelError, WeightsError
 
 FORWARD_FEATURES = "forward_features"
 PRE_LOGITS = "pre_logits"
 
 
+@register_backbone("timm")
 class TimmFamily(Family):
     name = "timm"
+    usage = "timm models: timm:NAME"
     prefix = "timm:"
     tracer = "timm"
 
@@ -92,7 +95,7 @@ class TimmFamily(Family):
         name = self.architecture(arch, weights)
         # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,
         # instead of five retries per file.
-        offline = config.offline() or not config.resolvable("huggingface.co")
+        offline = paths.offline() or not paths.resolvable("huggingface.co")
         try:
             with w.hub_offline(offline):
                 return timm.create_model(name, pretrained=True)

@@ -10,19 +10,22 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from featcache.core import paths as config
-from featcache.core.errors import WeightsError
 from featcache.backbones import graph
 from featcache.backbones import weights as w
 from featcache.backbones.family import Family
+from featcache.backbones.registry import register_backbone
 from featcache.backbones.spec import Preprocess, Tokens, Weights
+from featcache.core import paths
+from featcache.core.errors import WeightsError
 
 # Classifier-only tails where the generic "input of the global pool" rule picks the class map.
 _DEFAULT_LAYERS = {"squeezenet1_0": "features", "squeezenet1_1": "features"}
 
 
+@register_backbone("torchvision")
 class TorchvisionFamily(Family):
     name = "torchvision"
+    fallback = True
 
     @functools.cache
     def archs(self) -> list[str]:
@@ -71,7 +74,7 @@ class TorchvisionFamily(Family):
         filename = Path(enum.url).name
         cached = w.torch_hub_checkpoints() / filename
         message = w.offline_message(str(enum), filename, enum.url, w.torch_hub_checkpoints())
-        if not cached.is_file() and (config.offline() or not config.resolvable(urlparse(enum.url).hostname or "")):
+        if not cached.is_file() and (paths.offline() or not paths.resolvable(urlparse(enum.url).hostname or "")):
             raise WeightsError(message)
         try:
             with warnings.catch_warnings():

@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featcache.core.errors import WeightsError
 from featcache.backbones.spec import Weights
+from featcache.core.errors import WeightsError
+from featcache.core.files import sha256_file, write_json
+from featcache.core.paths import user_cache_dir
 
 NONE = Weights(kind="none", identity="none(seed=0)")
 # Random-init weights are reproducible: the generator is seeded before every build.
@@ -33,9 +35,6 @@ def file_weights(choice: str) -> Weights:
 
 def file_sha256(path: Path) -> str:
     """Hash a weights file, memoised per (path, size, mtime) so large files are read once."""
-    from featcache.core.paths import user_cache_dir
-    from featcache.core.files import sha256_file, write_json
-
     stat = path.stat()
     memo = user_cache_dir() / "weights-sha256.json"
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -6,8 +6,8 @@ from it, a sweep row is one, and ``predict`` rebuilds the extractor from the sto
 out once, the settings cannot drift between those places (the refresh command that silently built
 a new set instead of updating the old one was what five copies cost).
 
-``ExtractConfig`` holds what the user asked for, ``auto`` included; ``resolve()`` turns the ``auto``
-values into what this machine will run with, once.
+``ExtractConfig`` holds what the user asked for, ``auto`` included; ``extraction.engine.resolve()``
+turns the ``auto`` values into what this machine will run with, once.
 """
 
 from __future__ import annotations
@@ -17,23 +17,16 @@ import shlex
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from featcache.core import paths as config
+from featcache.config.choices import AUTO, BACKENDS, DECODERS, DTYPES, ON_ERROR, POOLS, PRECISIONS, one_of
+from featcache.config.decode import Decode
+from featcache.config.views import Views, ViewsError
+from featcache.core import paths
 from featcache.core.errors import FeatcacheError, ModelError
-
-DTYPES = ("float16", "float32")
-# --pool: none keeps the layer's output; avg and max reduce a map's positions or all of a token sequence;
-# cls takes a token sequence's class token, avg_patch averages its patch tokens (class and register tokens left out).
-POOLS = ("none", "avg", "max", "cls", "avg_patch")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-ON_ERROR = ("skip", "fail")
-ENGINES = ("local", "ray")
-AUTO = "auto"
 
 # The settings that change the feature numbers (they enter the feature-set id through the resolved
 # extractor, decode, dtype, precision and views); the rest change where, how fast or how robustly.
 # ``views`` enters only when it is not "none", so every id made before views existed is unchanged.
 IDENTITY = ("model", "weights", "layer", "pool", "image_size", "dtype", "precision", "draft", "decode", "views")
-DECODERS = ("cpu", "gpu")
 # --image-size bounds. The largest crop of a common backbone is 1024 px (SAM's ViT; DINOv2 518, SigLIP
 # 896): 4096 leaves 4x headroom, and its crop is 48 MiB as uint8 (201 MiB as float32), so a decoding
 # worker's batch of 32 stays near 1.5 GiB. 100000 px wanted ~30 GB per image and an OOM kill.
@@ -95,9 +88,9 @@ def parse_shard(shard) -> tuple[int, int] | None:
 class ExtractConfig:
     """Everything ``featcache extract`` can be told; defaults are the CLI's defaults."""
 
-    data: str = str(config.DEFAULT_DATA_DIR)
+    data: str = str(paths.DEFAULT_DATA_DIR)
     labels: str | None = None  # a CSV path,label[,split] instead of class folders; enters the id through the manifest
-    model: str = config.DEFAULT_MODEL
+    model: str = paths.DEFAULT_MODEL
     weights: str = "DEFAULT"
     layer: str | None = None
     pool: str = "none"
@@ -131,17 +124,17 @@ class ExtractConfig:
             set_("cache_dir", os.fspath(self.cache_dir))
         set_("weights", str(self.weights if self.weights is not None else "DEFAULT"))
         if self.pool not in POOLS:
-            raise FeatcacheError(f"unknown pooling {self.pool!r}: use one of {', '.join(POOLS)}")
+            raise FeatcacheError(f"unknown pooling {self.pool!r}: use {one_of(POOLS)}")
         if self.dtype not in DTYPES:
-            raise FeatcacheError(f"unknown dtype {self.dtype!r}: use float16 or float32")
+            raise FeatcacheError(f"unknown dtype {self.dtype!r}: use {one_of(DTYPES)}")
         if self.precision not in PRECISIONS:
-            raise FeatcacheError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+            raise FeatcacheError(f"unknown precision {self.precision!r}: use {one_of(PRECISIONS)}")
         if self.on_error not in ON_ERROR:
-            raise FeatcacheError(f"unknown --on-error {self.on_error!r}: use skip or fail")
-        if self.engine not in ENGINES:
-            raise FeatcacheError(f"unknown engine {self.engine!r}: use local or ray")
+            raise FeatcacheError(f"unknown --on-error {self.on_error!r}: use {one_of(ON_ERROR)}")
+        if self.engine not in BACKENDS:
+            raise FeatcacheError(f"unknown engine {self.engine!r}: use {one_of(BACKENDS)}")
         if self.decode not in DECODERS:
-            raise FeatcacheError(f"unknown decode {self.decode!r}: use cpu or gpu")
+            raise FeatcacheError(f"unknown decode {self.decode!r}: use {one_of(DECODERS)}")
         if self.decode == "gpu" and self.engine == "ray":
             raise FeatcacheError("--decode gpu runs in the local engine only: drop --engine ray, or use --decode cpu with it")
         set_("views", self.recipe_of(self.views))
@@ -188,8 +181,6 @@ class ExtractConfig:
     @staticmethod
     def recipe_of(views) -> str:
         """A views recipe in its canonical spelling (``rrc:8`` -> ``rrc:8:seed=0:scale=0.25``)."""
-        from featcache.config.views import Views, ViewsError
-
         try:
             return str(Views.parse(views))
         except ViewsError as err:
@@ -197,22 +188,11 @@ class ExtractConfig:
 
     def viewing(self):
         """The ``Views`` record (part of the id unless "none")."""
-        from featcache.config.views import Views
-
         return Views.parse(self.views)
 
     # -- what it means -----------------------------------------------------------------------------
-    def resolve_spec(self):
-        """The extractor record (architecture, weights identity, cut, preprocessing); loads no weights."""
-        from featcache import backbones
-
-        return backbones.resolve(self.model, weights=self.weights, layer=self.layer, pool=self.pool,
-                                 image_size=self.image_size)
-
     def decoding(self):
         """The ``Decode`` record (part of the id); the gpu decoder has no draft mode."""
-        from featcache.extraction.decode import Decode
-
         return Decode(draft=self.draft and self.decode == "cpu", decoder=self.decode)
 
     def command(self, precision: str | None = None) -> str:
@@ -253,32 +233,3 @@ class ExtractConfig:
     def label(self) -> str:
         w = "" if self.weights.upper() == "DEFAULT" else f"@{self.weights}"
         return f"{self.model}{w} {self.layer or 'default'} pool={self.pool}"
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """``auto`` values settled for this machine and this extractor: what the engine runs with."""
-
-    device: Any  # torch.device
-    precision: str  # fp32 | fp16 | bf16
-    batch_size: int
-    workers: int
-    streams: int
-    compile: bool
-
-    def run_settings(self) -> dict:
-        """What a resume keeps as recorded (they move the last bits of the features, not the values)."""
-        return {"batch_size": self.batch_size, "compile": self.compile, "streams": self.streams}
-
-
-def resolve(cfg: ExtractConfig, spec) -> Resolved:
-    from featcache.extraction import engine, tuning
-
-    device = engine.resolve_device(cfg.device)
-    precision = engine.resolve_precision(cfg.precision, device)
-    batch = cfg.batch_size if cfg.batch_size != AUTO else tuning.batch_size(spec.backbone.arch, device)
-    workers = cfg.workers if cfg.workers != AUTO else tuning.workers(device)
-    # A compiled module runs from one thread only (Dynamo is not meant for concurrent calls).
-    streams = 1 if cfg.compile else cfg.streams if cfg.streams != AUTO else tuning.streams(device)
-    return Resolved(device=device, precision=precision, batch_size=int(batch), workers=int(workers),
-                    streams=int(streams), compile=cfg.compile)

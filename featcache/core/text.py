@@ -37,6 +37,11 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"  # U+0085 is \u0085: \x85 is the byte 0x85
 
 
+def display(path: str) -> str:
+    """A printable form of a relative path, even when the name is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def printable(text: str, keep: str = "") -> str:
     """``text`` with every control character (C0, DEL, C1), bidirectional control, line separator and
     undecodable byte replaced by a visible escape (``\\n``, ``\\x1b``, ``\\u202e``, ``\\xe9``), except the

@@ -29,10 +29,15 @@ import torch
 
 from featcache import backbones
 from featcache.backbones.spec import ExtractorSpec
+from featcache.config.choices import AUTO
+from featcache.config.decode import Decode
+from featcache.config.extract import ExtractConfig
+from featcache.config.views import Views
 from featcache.core.errors import CacheError, ImageDecodeError, ModelError
-from featcache.extraction.decode import Decode, ImageRows, Transform, collate, normalize
-from featcache.store.manifest import display
-from featcache.extraction.tuning import usable_cores
+from featcache.core.machine import usable_cores
+from featcache.core.text import display
+from featcache.extraction import jpeg, tuning
+from featcache.extraction.decode import ImageRows, Transform, collate, normalize
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 WRITE_AHEAD = 2  # batches waiting for the writer thread before the loop waits for it (memory stays flat)
@@ -199,14 +204,9 @@ def batches(files: list[str], indices: list[int], known_bad: dict[int, str], pre
     its views' consecutive rows, and a batch holds ``batch_size // views`` images (at least one), so
     a forward pass still sees about ``batch_size`` crops.
     """
-    from featcache.extraction import jpeg
-    from featcache.config.views import Views
-
     views = Views.parse(views)
     decoder = None
-    if decode.decoder == "gpu":
-        if views.count > 1:
-            raise ValueError("--decode gpu cuts no views: use --decode cpu with --views")
+    if decode.decoder == "gpu":  # no views: ExtractConfig refuses --decode gpu with --views
         dataset = jpeg.JpegRows(files, indices, preprocess, known_bad)
         collate_fn = jpeg.collate
         decoder = jpeg.DeviceDecoder(preprocess, options.device)
@@ -277,3 +277,31 @@ def run(job: Job, forward: Forward, progress) -> int:
     finally:
         torch.set_num_threads(threads)
     return done
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """``auto`` values settled for this machine and this extractor: what the engine runs with."""
+
+    device: torch.device
+    precision: str  # fp32 | fp16 | bf16
+    batch_size: int
+    workers: int
+    streams: int
+    compile: bool
+
+    def run_settings(self) -> dict:
+        """What a resume keeps as recorded (they move the last bits of the features, not the values)."""
+        return {"batch_size": self.batch_size, "compile": self.compile, "streams": self.streams}
+
+
+def resolve(cfg: ExtractConfig, spec: ExtractorSpec) -> Resolved:
+    """``cfg``'s ``auto`` values settled for this machine and ``spec``'s architecture, once."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    batch = cfg.batch_size if cfg.batch_size != AUTO else tuning.batch_size(spec.backbone.arch, device)
+    workers = cfg.workers if cfg.workers != AUTO else tuning.workers(device)
+    # A compiled module runs from one thread only (Dynamo is not meant for concurrent calls).
+    streams = 1 if cfg.compile else cfg.streams if cfg.streams != AUTO else tuning.streams(device)
+    return Resolved(device=device, precision=precision, batch_size=int(batch), workers=int(workers),
+                    streams=int(streams), compile=cfg.compile)

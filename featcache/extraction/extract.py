@@ -17,16 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import cache, fingerprint
-from featcache.core import paths as config, progress
+from featcache import backbones
 from featcache.backbones.spec import ExtractorSpec
+from featcache.config.extract import ExtractConfig
+from featcache.core import paths, progress
 from featcache.core.errors import CacheError, DamagedError
-from featcache.config.extract import ExtractConfig, Resolved, parse_shard, resolve  # noqa: F401  (parse_shard: re-exported)
 from featcache.core.files import output_dir
-from featcache.store.manifest import SPLITS, Manifest, display, hash_files, scan
-from featcache.store.staging import Staging
+from featcache.core.text import display, printable
+from featcache.extraction import engine, jpeg, ray_engine
+from featcache.extraction.engine import Resolved, resolve
+from featcache.extraction.scan import SPLITS, hash_files, scan
+from featcache.store import cache, fingerprint
 from featcache.store.featureset import FORMAT_VERSION, FeatureSet, open_verified, write_isolated
-from featcache.core.text import printable
+from featcache.store.manifest import Manifest
+from featcache.store.staging import Staging
 
 
 @dataclass
@@ -182,9 +186,9 @@ def extract(data_or_config: ExtractConfig | str | os.PathLike | None = None, /, 
 
 def make_plan(cfg: ExtractConfig) -> Plan:
     """Scan the folder, resolve the extractor and the ``auto`` settings, compute the id."""
-    root = ensure_writable(config.cache_dir(cfg.cache_dir))
+    root = ensure_writable(paths.cache_dir(cfg.cache_dir))
     manifest = scan(cfg.data, cfg.labels)
-    spec = cfg.resolve_spec()
+    spec = backbones.for_config(cfg)
     views = cfg.viewing()
     try:
         views.check(spec.backbone.preprocess)
@@ -220,8 +224,6 @@ def resume(plan: Plan, say: bool) -> tuple[Plan, Staging, int]:
 
 def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
     """Run the backbone over every entry the staging directory does not cover yet."""
-    from featcache.extraction import engine
-
     cfg, s, manifest = plan.config, plan.settings, plan.manifest
     lo, hi = plan.entries
     covered = staging.covered()
@@ -235,16 +237,12 @@ def run(plan: Plan, staging: Staging, progress_bar: bool) -> Ran:
                      options=options, decode=cfg.decoding(), dtype=cfg.dtype, views=plan.views)
     t0 = time.perf_counter()
     if cfg.decode == "gpu":
-        from featcache.extraction import jpeg
-
         jpeg.check_available(s.device)
     # The model is built before the bar starts, so missing weights fail before any progress shows.
     forward = engine.Forward(plan.spec, s.device, s.precision, options.channels_last, s.batch_size if s.compile else None)
     bar = progress.bar(len(todo), f"extract {cfg.model}", progress_bar)
     try:
         if cfg.engine == "ray":
-            from featcache.extraction import ray_engine
-
             del forward  # the actors hold the replicas; building one here checked the weights
             ray_engine.run(job, bar, cfg.ray_address)
             return Ran(len(todo), time.perf_counter() - t0, compiled=False)
@@ -340,7 +338,7 @@ def reuse_rows(root: Path, key: dict, manifest: Manifest, wanted: np.ndarray, st
 
 
 def ensure_writable(root: Path) -> Path:
-    return output_dir(root, cache=True, what="cache dir", fix=f"choose another with --cache-dir or {config.CACHE_DIR_ENV}",
+    return output_dir(root, cache=True, what="cache dir", fix=f"choose another with --cache-dir or {paths.CACHE_DIR_ENV}",
                       error=CacheError)
 
 

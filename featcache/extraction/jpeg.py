@@ -30,8 +30,11 @@ import torch
 from PIL import Image
 
 from featcache.backbones.spec import Preprocess
+from featcache.config.decode import Decode
 from featcache.core.errors import FeatcacheError
-from featcache.extraction.decode import Decode, ImageRows, Transform, crop_or_reason, pillow_errors
+from featcache.extraction import crops
+from featcache.extraction.decode import ImageRows, Transform, crop_or_reason
+from featcache.extraction.images import pillow_errors
 
 ORIENTATION_TAG = 0x0112
 EOI = b"\xff\xd9"
@@ -169,11 +172,8 @@ class DeviceDecoder:
         return torch.tensor(keep, dtype=torch.int64), torch.stack(crops), bad
 
     def crop(self, img: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        p = self.preprocess
-        img = F.resize(img, [p.resize_size], interpolation=self.interpolation, antialias=True)
-        return F.center_crop(img, [p.crop_size, p.crop_size])
+        """The CPU path's resize and crop, on the device (crops.plain takes tensors as well)."""
+        return crops.plain(img, self.preprocess, self.interpolation)
 
 
 def decode_many(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

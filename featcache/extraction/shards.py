@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import cache
-from featcache.core import paths as config
+from featcache.core import paths
 from featcache.core.errors import CacheError
 from featcache.extraction.extract import ExtractResult, read_from
+from featcache.store import cache
 from featcache.store.featureset import FeatureSet, check, write_isolated
 
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_start", "shard_stop")
@@ -49,7 +49,7 @@ def shard_files(ref: str, root: Path) -> list[Path]:
 
 
 def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool = False) -> ExtractResult:
-    root = config.cache_dir(cache_dir)
+    root = paths.cache_dir(cache_dir)
     files = shard_files(ref, root)
     if not files:
         raise CacheError(f"no shards of feature set {ref!r} in {root}: extract them with `featcache extract --shard I/N`")

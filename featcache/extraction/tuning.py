@@ -8,7 +8,7 @@ None of these values enters a feature-set id: they change speed, not numbers.
 
 from __future__ import annotations
 
-import os
+from featcache.core.machine import usable_cores
 
 # On CPU larger batches are *slower*: forward-only EfficientNet-Lite0 ran 57-93 img/s at batch
 # 2-4 but 44-56 at 16 and 36-43 at 64; resnet18 peaked at 8-16 (~50) and fell to ~40 at 64; vgg16
@@ -22,11 +22,6 @@ CPU_DEFAULT_BATCH = 8  # no measured model was fastest above 16; 8 is within ~10
 # img/s at 128, 14,096 at 256, 14,600 at 512; vgg16 8,316 / 8,395 / 8,412; vit_b_16 6,237 / 6,470 / 6,586. 256 is
 # within 4% of 512 at half the memory, and extraction end to end was bound by decoding, not by the batch.
 CUDA_DEFAULT_BATCH = 256
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def batch_size(arch: str, device) -> int:

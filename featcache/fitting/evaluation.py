@@ -1,4 +1,5 @@
-"""Scoring a fitted head: the test-set figures and the grid-edge warning a run records.
+"""Scoring a fitted head: per image (with views: the head's outputs over an image's views averaged, or
+view 0 only), the test-set figures and the grid-edge warning a run records.
 
 Kept apart from writing runs (``runs``) so the figures can be computed, tested and reused (sweeps,
 benches) without touching a run directory.
@@ -8,8 +9,55 @@ from __future__ import annotations
 
 import numpy as np
 
+from classifiers import scores
+from classifiers.base import proba_from_decision
+from featcache.config.choices import AT_TEST
+from featcache.config.views import ViewsError
 from featcache.fitting.runs import TestScores
-from featcache.config.views import AT_TEST, aggregate
+
+
+def decisions(estimator, X):
+    """What test-time averaging averages: ``predict_proba`` where the head has one, else the
+    decision values (n,) or (n, classes)."""
+    if hasattr(estimator, "predict_proba"):
+        return np.asarray(estimator.predict_proba(X), dtype=np.float64), True
+    return np.asarray(estimator.decision_function(X), dtype=np.float64), False
+
+
+def aggregate(estimator, X, n_views: int, how: str = "mean"):
+    """(labels, confidences) per image of rows grouped by image (``n_views`` consecutive rows each).
+
+    ``how="mean"``: average the head's probabilities (or decision values) over the views, then take
+    the best class; ``"first"``: view 0 only (no test-time augmentation). With one view both are
+    ``classifiers.scores``.
+    """
+    if how not in AT_TEST:
+        raise ViewsError(f"unknown --views-at-test {how!r}: use mean or first")
+    n_rows = len(X)
+    if n_views < 1 or n_rows % n_views:
+        raise ViewsError(f"{n_rows} rows are not whole images of {n_views} views each")
+    if n_views == 1 or how == "first":
+        return scores(estimator, X[::n_views])
+    out, is_proba = decisions(estimator, X)
+    out = out.reshape((n_rows // n_views, n_views) + out.shape[1:]).mean(axis=1)
+    proba = out if is_proba else proba_from_decision(out)
+    best = proba.argmax(axis=1)
+    return np.asarray(estimator.classes_)[best], proba[np.arange(len(best)), best]
+
+
+class ImageScorer:
+    """A scikit-learn scorer ``(estimator, X, y) -> accuracy`` per image, for CV folds whose rows
+    come whole images at a time, views in order (what ``fit`` passes a grid search)."""
+
+    def __init__(self, n_views: int, how: str = "mean"):
+        self.n_views, self.how = n_views, how
+
+    def __call__(self, estimator, X, y) -> float:
+        labels, _ = aggregate(estimator, X, self.n_views, self.how)
+        y = np.asarray(y).reshape(-1, self.n_views)
+        if (y != y[:, :1]).any():
+            raise ViewsError("rows of one image carry different labels: the rows are not grouped by image")
+        return float(np.mean(labels == y[:, 0]))
 
 
 def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: list[str], n_views: int = 1,
@@ -17,7 +65,7 @@ def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: l
     """(TestScores, predicted labels, confidences) of ``estimator`` per test image.
 
     With ``n_views`` > 1 the rows come whole images at a time (views in order) and each image is
-    scored once, by ``views.aggregate`` (``views_at_test``: mean over its views, or view 0 only).
+    scored once, by ``aggregate`` (``views_at_test``: mean over its views, or view 0 only).
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 

@@ -18,9 +18,10 @@ import numpy as np
 
 from featcache.core.errors import RunError
 from featcache.core.files import read_csv, write_csv
+from featcache.core.text import Code, display, printable
 from featcache.report.gallery import Card, Thumbnails
-from featcache.store.manifest import display
-from featcache.core.text import Code, printable
+from featcache.report.plots import figure, save
+from featcache.store.pooling import pool_rows, unit_rows
 
 MAP_FILE = "map.csv"
 MAP_COLUMNS = ["path", "x", "y", "label", "role", "predicted"]  # then "explained=PC1,PC2" (fractions of the variance)
@@ -33,7 +34,6 @@ def write_map(path: Path, X: np.ndarray, paths: list[str], labels: np.ndarray, c
     """2-D PCA coordinates of the rows the run used (``map.csv``); None if there are fewer than 3."""
     from sklearn.decomposition import PCA
 
-    from featcache.audit.findings import pool_rows, unit_rows
 
     used = np.concatenate([cv_rows, test_rows])
     if len(used) < 3:
@@ -81,8 +81,6 @@ def read_map(path: Path) -> tuple[list[dict], tuple[float, float]] | None:
 
 
 def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, float], out: Path) -> Path:
-    from featcache.report.render import figure, save  # here: report imports this module
-
     colours = _colours(len(class_names))
     fig = figure((7.5, 5.2))
     ax = fig.subplots()
@@ -164,7 +162,7 @@ def blocks(run) -> list:
 
 
 def split_note(params) -> list:
-    """The sentence added to the report's split line when files were excluded (inline content, see report.py)."""
+    """The sentence added to the report's split line when files were excluded (inline content, see report.render)."""
     e = params.excluded
     if not e:
         return []

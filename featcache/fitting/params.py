@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from classifiers import ParamError
 from classifiers.registry import unknown_message
+from featcache.fitting.search import candidates
 
 _TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}
 _FORMS = {"--param": ("NAME=v1,v2,...", "--param C=0.1,1,10"), "--set": ("NAME=VALUE", "--set C=2")}
@@ -90,8 +91,6 @@ def resolve_grid(head_cls, params: dict[str, list] | None, fixed: dict | None) -
 
 def check_grid(head_cls, grid: dict[str, list]) -> None:
     """Raise the head's own message for the first value it rejects, before any fitting."""
-    from featcache.fitting.search import candidates
-
     for name, values in grid.items():
         _check_name(head_cls, name)
         if not isinstance(values, (list, tuple)) or not values:

@@ -14,22 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers import get_head
-
-from featcache.store import cache as cache_mod
-from featcache.core import paths as config, progress
+from classifiers import ParamError, get_head
+from featcache.config.choices import AT_TEST
+from featcache.config.extract import ExtractConfig
+from featcache.core import paths, progress
 from featcache.core.errors import CacheError, DataError, FeatcacheError
-from featcache.core.files import from_cell, output_dir, writable_dir
-from featcache.store.manifest import diff, scan
+from featcache.core.files import from_cell, output_dir, sha256_file, writable_dir
+from featcache.extraction.scan import scan
+from featcache.fitting import runs
+from featcache.fitting.evaluation import ImageScorer, edge_params, score_test, view_accuracies
+from featcache.fitting.gallery import MAP_FILE, write_map
 from featcache.fitting.params import check_grid, resolve_grid
 from featcache.fitting.search import grid_search
 from featcache.fitting.splits import check_split_options, make_split
+from featcache.store import cache as cache_mod
 from featcache.store.featureset import FeatureSet, check
+from featcache.store.manifest import diff
 
 # LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
 DEFAULT_CV = {"svm": 10}
 BACKENDS = ("local", "ray")
-RUNS_DIR_FIX = f"choose another with --runs-dir (or {config.RUNS_DIR_ENV}), or make it writable"
+RUNS_DIR_FIX = f"choose another with --runs-dir (or {paths.RUNS_DIR_ENV}), or make it writable"
 
 
 @dataclass
@@ -47,7 +52,7 @@ class LoadedFeatures:
 
 def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool = True) -> LoadedFeatures:
     """Open, read everything, check the content hash and freshness."""
-    root = config.cache_dir(cache_dir)
+    root = paths.cache_dir(cache_dir)
     path = cache_mod.latest(root) if ref is None else cache_mod.find(ref, root)
     with FeatureSet(path) as fs:
         if ref is None:
@@ -115,8 +120,6 @@ def read_exclusions(source, manifest_paths: list[str], data_root: str | None) ->
 def refresh_command(meta: dict) -> str:
     """The command that updates this feature set in place: every setting that enters its id, as
     recorded (with the precision it was actually made with), so only new or changed files run."""
-    from featcache.config.extract import ExtractConfig
-
     return ExtractConfig.of_feature_set(meta).command(precision=meta.get("precision"))
 
 
@@ -178,8 +181,6 @@ def fit(
     probabilities (or decision values) over the image's views, ``"first"`` uses view 0 (the plain
     crop) only. The run records the test accuracy both ways.
     """
-    from featcache.config.views import AT_TEST, ImageScorer
-
     if views_at_test not in AT_TEST:
         raise FeatcacheError(f"unknown --views-at-test {views_at_test!r}: use mean or first")
     head_cls = get_head(head)
@@ -194,7 +195,7 @@ def fit(
     check_split_options(cv, test_size)
     cv = DEFAULT_CV.get(head, 5) if cv is None else cv
     if run_dir is None:  # before the search, not after it
-        writable_dir(config.runs_dir(runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
+        writable_dir(paths.runs_dir(runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
     data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
     if not data.class_names:
         raise DataError(f"feature set {data.meta['id']} has no labels (its folder has no class subfolders): fit needs them; "
@@ -211,8 +212,6 @@ def fit(
         result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=n_jobs, backend=backend, progress_bar=progress_bar,
                              scoring=scoring)
     except ValueError as err:
-        from classifiers import ParamError
-
         if isinstance(err, ParamError):
             raise
         raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
@@ -234,8 +233,6 @@ def _check_finite(head: str, estimator, params: dict) -> None:
 
 def _exclusions(source, paths: list[str], split) -> dict:
     """What a run records of ``--exclude``: the source, its hash, every path, and where they came from."""
-    from featcache.core.files import sha256_file
-
     record = {"source": "list", "sha256": None, "paths": paths, "cv": split.info.get("excluded_cv", 0),
               "test": split.info.get("excluded_test", 0)}
     if isinstance(source, (str, os.PathLike)):
@@ -247,9 +244,6 @@ def _exclusions(source, paths: list[str], split) -> dict:
 def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir,
           exclusions=None, views_at_test="mean"):
     """Score the test split once (per image), then write the run."""
-    from featcache.fitting import runs
-    from featcache.fitting.evaluation import edge_params, score_test, view_accuracies
-
     estimator, names, n_views = result.best_estimator, data.class_names, data.n_views
     X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
     test, predicted, confidence = score_test(estimator, X_test, y_test, names, n_views, views_at_test)
@@ -274,10 +268,9 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     test_images = split.test_rows[::n_views]  # with views: each image's first row
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
                    for row, t, p, c in zip(test_images, y_test[::n_views], predicted, confidence)]
-    runs_root = None if run_dir else output_dir(config.runs_dir(runs_dir), what="runs dir", fix=RUNS_DIR_FIX)
+    runs_root = None if run_dir else output_dir(paths.runs_dir(runs_dir), what="runs dir", fix=RUNS_DIR_FIX)
     path = Path(run_dir) if run_dir else runs.new_run_dir(runs_root, head, data.meta["id"])
     output_dir(path, what="run folder", fix=RUNS_DIR_FIX)
-    from featcache.fitting.gallery import MAP_FILE, write_map
 
     # The map shows images: with views, each image's first row (the plain crop), its per-image prediction.
     write_map(path / MAP_FILE, data.X, data.paths, data.y, names, test_images, split.cv_rows[::n_views],

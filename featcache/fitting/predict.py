@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import cache
-from featcache.core import paths as config, progress
-from featcache.extraction import tuning
-from featcache.core.errors import CacheError, FeatcacheError, RunError
+from featcache import backbones
 from featcache.config.extract import ExtractConfig, count_or_auto
-from featcache.store.manifest import IMAGE_EXTENSIONS, display, files_under, problem
+from featcache.core import paths, progress
+from featcache.core.errors import CacheError, FeatcacheError, RunError
+from featcache.core.text import display
+from featcache.extraction import engine, jpeg, tuning
+from featcache.extraction.scan import IMAGE_EXTENSIONS, files_under, problem
+from featcache.fitting.evaluation import aggregate
 from featcache.fitting.runs import load_run
+from featcache.store import cache
 from featcache.store.featureset import FeatureSet
 
 
@@ -64,7 +67,7 @@ def feature_set_of(run, cache_dir=None) -> Path:
     path = Path(f["path"])
     if not path.is_file():
         try:
-            path = cache.find(f["id"], config.cache_dir(cache_dir))
+            path = cache.find(f["id"], paths.cache_dir(cache_dir))
         except CacheError:
             raise RunError(
                 f"the feature set {f['id']} of run {run.name} is missing (was {f['path']}): "
@@ -86,8 +89,6 @@ def feature_set_of(run, cache_dir=None) -> Path:
 def predict_features(features, run, cache_dir=None) -> list[Prediction]:
     """Label every row of a cached feature set (an unlabelled folder, say) with a run's head, without
     the backbone: the set must come from exactly the extractor the run was fitted on."""
-    from featcache.config.views import aggregate
-
     run = load_run(run)
     with cache.open_features(features, cache_dir) as fs:
         if fs.meta.get("key") != run.params.features.get("key"):
@@ -109,14 +110,11 @@ def predict_features(features, run, cache_dir=None) -> list[Prediction]:
 
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
-    from featcache.extraction import engine
-    from featcache.config.views import aggregate
-
     run = load_run(run)
     meta = run.params.features
     with FeatureSet(feature_set_of(run, cache_dir)) as fs:
         made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
-    spec, decode, views = made_with.resolve_spec(), made_with.decoding(), made_with.viewing()
+    spec, decode, views = backbones.for_config(made_with), made_with.decoding(), made_with.viewing()
     if (spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]
             or views.key() != meta["key"].get("views")):
         raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
@@ -137,8 +135,6 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
     options = engine.EngineOptions(batch_size=bs, workers=workers if workers != "auto" else tuning.workers(dev),
                                    device=dev, precision=precision)
     if decode.decoder == "gpu":
-        from featcache.extraction import jpeg
-
         jpeg.check_available(dev)
     # With views each image is cut into the same views as at extraction and the head's outputs are
     # averaged as the run was scored (``views_at_test``).

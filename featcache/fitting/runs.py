@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from classifiers import load_head, save_head
-
-from featcache.core.errors import RunError
+from featcache.core.errors import DamagedError, RunError
 from featcache.core.files import sha256_file, write_csv, write_json
+from featcache.fitting import report
+from featcache.store.featureset import open_verified
 
 CHECKSUMS = "checksums.json"
 TRUSTED = ("params.json", "metrics.json", "test_predictions.csv", "head/head.safetensors", "head/head.json")
@@ -203,8 +204,6 @@ def save_run(path: Path, params: RunParams, metrics: RunMetrics, estimator, pred
 
     ``checksums.json`` is written last: until it exists the directory is not a finished run.
     """
-    from featcache.report import render as report
-
     path = Path(path)
     (path / "head").mkdir(parents=True, exist_ok=True)
     (path / CHECKSUMS).unlink(missing_ok=True)
@@ -244,9 +243,6 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
 
 def check_features(run: Run) -> None:
     """Stop if the run's feature set is still on disk but damaged (a missing one is only noted)."""
-    from featcache.core.errors import DamagedError
-    from featcache.store.featureset import open_verified
-
     path = Path(run.params.features["path"])
     if path.is_file():
         try:

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import clone
 
 from featcache.core import progress
+from featcache.core.cluster import joblib_backend
 
 
 @dataclass
@@ -49,8 +50,6 @@ def _fit_and_score(estimator, params: dict, X, y, train, valid, scoring=None):
 @contextlib.contextmanager
 def parallel_backend(backend: str, n_jobs: int):
     if backend == "ray":
-        from featcache.extraction.ray_engine import joblib_backend
-
         with joblib_backend(n_jobs):
             yield
     else:

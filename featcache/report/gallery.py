@@ -16,6 +16,7 @@ from pathlib import Path
 
 from featcache.core.files import atomic_save
 from featcache.core.text import Inline, url
+from featcache.extraction.images import BadImage, open_rgb
 
 THUMB_SIDE = 160
 CARD_STYLE = (
@@ -47,8 +48,6 @@ def thumbnail_name(source: Path) -> str:
 
 def thumbnail(source: Path, out_dir: Path, side: int = THUMB_SIDE) -> tuple[str | None, str | None]:
     """Write a JPEG thumbnail of ``source`` into ``out_dir``; (file name, None) or (None, reason)."""
-    from featcache.extraction.decode import BadImage, open_rgb
-
     name = thumbnail_name(source)
     target = out_dir / name
     if target.is_file():

@@ -8,10 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from featcache.core import paths as config, progress
+from featcache.core import paths, progress
 from featcache.core.errors import CacheError
-from featcache.store.staging import Staging
 from featcache.store.featureset import SUFFIX, FeatureSet, open_verified, peek, verify
+from featcache.store.staging import Staging
 
 SHARD_MARK = ".shard-"
 # An id prefix needs this many characters: an unset shell variable ("") or a stray letter would
@@ -97,7 +97,7 @@ class Entry:
 
 
 def entries(root: Path | None = None) -> list[Entry]:
-    root = config.cache_dir(root)
+    root = paths.cache_dir(root)
     if not root.is_dir():
         return []
     out = []
@@ -135,7 +135,7 @@ def _named(ref: str, listed: list[Entry]) -> list[Entry]:
 def find(ref: str | os.PathLike, root: Path | None = None) -> Path:
     """A complete feature-set file from a path, an id or a unique id prefix (``_named``)."""
     text = os.fsdecode(ref) if isinstance(ref, bytes) else os.fspath(ref)
-    root = config.cache_dir(root)
+    root = paths.cache_dir(root)
     path = Path(text) if text.strip() else None
     if path is not None and (path.suffix == SUFFIX or _exists(path)):
         if not _exists(path) and _exists(root / path) and path.name == text:
@@ -168,7 +168,7 @@ def latest(root: Path | None = None) -> Path:
     listed = entries(root)
     complete = [e for e in listed if e.state == "complete"]
     if not complete:
-        root = config.cache_dir(root)
+        root = paths.cache_dir(root)
         hint = ""
         if any(e.state == "partial" for e in listed):
             hint = " (an extraction was interrupted: run it again to resume)"
@@ -208,7 +208,7 @@ def open_features(ref: str | os.PathLike | None = None, cache_dir: str | os.Path
                   verify: bool = True) -> FeatureSet:
     """Open a feature set by path, id or id prefix; the newest complete one when ``ref`` is None.
     ``verify``: pass the integrity check readers of rows need (False: attributes and structure only)."""
-    root = config.cache_dir(cache_dir)
+    root = paths.cache_dir(cache_dir)
     path = latest(root) if ref is None else find(ref, root)
     return open_verified(path) if verify else FeatureSet(path)
 
@@ -216,7 +216,7 @@ def open_features(ref: str | os.PathLike | None = None, cache_dir: str | os.Path
 def remove(ref: str, root: Path | None = None) -> list[Path]:
     """Delete every file of the one feature set ``ref`` names (``_named``): complete, partial, shards.
     Refused while an extraction of it holds its lock, and when ``ref`` names several sets or none."""
-    root = config.cache_dir(root)
+    root = paths.cache_dir(root)
     text = os.fsdecode(ref) if isinstance(ref, bytes) else os.fspath(ref)
     matches = _named(text, entries(root))
     ids = {e.id for e in matches}
@@ -279,7 +279,7 @@ def _unlocked(root: Path, names: list[str]):
 
 def check(ref: str | None = None, root: Path | None = None) -> dict[Path, list[str]]:
     """Deep-verify one or every feature-set file: {path: problems}."""
-    root = config.cache_dir(root)
+    root = paths.cache_dir(root)
     if not ref:
         targets = [e.path for e in entries(root) if e.state != "partial"]
     else:

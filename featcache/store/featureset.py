@@ -37,10 +37,13 @@ import h5py
 import numpy as np
 
 from featcache.core.errors import CacheError, DamagedError
+from featcache.core.files import atomic_write
+from featcache.core.machine import usable_cores
+from featcache.core.paths import user_cache_dir
+from featcache.core.text import display
 from featcache.store.fingerprint import ID_LENGTH, feature_set_id
-from featcache.store.manifest import Manifest, display
+from featcache.store.manifest import Manifest
 from featcache.store.staging import Staging, disk_full_error, is_disk_full
-from featcache.extraction.tuning import usable_cores
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB per dataset
@@ -652,8 +655,6 @@ _MEMO_MAX = 2000
 
 
 def _memo_file() -> Path:
-    from featcache.core.paths import user_cache_dir
-
     return user_cache_dir() / _MEMO
 
 
@@ -675,8 +676,6 @@ def _memo_read() -> dict:
 
 def _memo_update(key: str, value: list | None) -> None:
     """Best effort: a memo that cannot be written only costs a check next time."""
-    from featcache.core.files import atomic_write
-
     memo = _memo_read()
     if memo.pop(key, None) is None and value is None:
         return

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the store checks ids without importing torch
     from featcache.backbones.spec import ExtractorSpec
-    from featcache.extraction.decode import Decode
+    from featcache.config.decode import Decode
 
 # Bump when a change in featcache makes the same inputs produce different numbers.
 KEY_VERSION = 1

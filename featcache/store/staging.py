@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,13 +25,6 @@ from featcache.core.files import atomic_write, save_npy
 HEADER = "staging.json"
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
-# Test-only, read once: with FEATCACHE_TEST_PAUSE_AFTER=N and FEATCACHE_TEST_PAUSE_FILE=PATH, the
-# process stops right after its N-th committed batch (counted over every staging directory it
-# writes), creates PATH and waits until PATH is deleted. The fault tests use it to kill or hold a
-# writer at a known point instead of guessing with sleeps. Unset, it costs one comparison a batch.
-_PAUSE_AFTER = int(os.environ.get("FEATCACHE_TEST_PAUSE_AFTER") or 0)
-_PAUSE_FILE = os.environ.get("FEATCACHE_TEST_PAUSE_FILE")
-_commits = 0
 
 
 def is_disk_full(err: Exception) -> bool:
@@ -163,8 +154,6 @@ class Staging:
                 raise disk_full_error(err, self.dir.parent, "extracted features") from None
             raise
         self._segments.append({"stem": stem, **record})
-        if _PAUSE_AFTER:
-            _test_pause()
 
     # -- reading ---------------------------------------------------------------------------------
     def segments(self) -> list[dict]:
@@ -224,14 +213,3 @@ class Staging:
                     block = np.empty((len(sel) * v,) + rows.shape[1:], dtype=rows.dtype)
                 block[np.repeat(mine, v)] = rows
             yield np.repeat(index[sel], v), block
-
-
-def _test_pause() -> None:
-    global _commits
-    _commits += 1
-    if _commits == _PAUSE_AFTER and _PAUSE_FILE:
-        marker = Path(_PAUSE_FILE)
-        atomic_write(marker, str(os.getpid()))
-        deadline = time.monotonic() + 600  # never outlive a test that forgot to release or kill it
-        while marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
