@@ -1,8 +1,11 @@
-"""The ``featcache`` command: parse, call the library, format. No logic lives here.
+"""The ``featcache`` command: parse the options into the library's records, call it, format what it returns.
 
-Heavy imports (torch, h5py) happen inside commands, so ``featcache --help`` is instant. Every
-``FeatcacheError`` becomes a one-line ``click.ClickException``; anything unexpected is reported in
-one line too, with ``--debug`` (or FEATCACHE_DEBUG=1) to see the traceback.
+Options take their names, defaults and choices from the records (``ExtractConfig``, ``FitConfig``,
+``config.choices``); tests/test_architecture.py checks they agree. Each command imports the library
+module it calls inside its function (torch, h5py and scikit-learn load there), so ``featcache --help``
+is instant; everything imported at the top is standard library only. Every ``FeatcacheError`` becomes
+a one-line ``click.ClickException``; anything unexpected is reported in one line too, with ``--debug``
+(or FEATCACHE_DEBUG=1) to see the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
+from pathlib import Path
 
 # Before torch loads: OpenMP threads that sleep instead of spinning. With a core busy elsewhere,
 # spinning made 2-thread inference ~10x slower (bench/RESULTS.md); on a quiet machine it is a wash.
@@ -17,13 +22,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from featcache.config.choices import (
-    AT_TEST,  # noqa: E402  (standard library only)
-    DECODERS,
-    POOLS,
-)
-from featcache.config.extract import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # noqa: E402  (import-light: no torch)
-from featcache.core.text import printable, terminal  # noqa: E402  (standard library only)
+import classifiers  # noqa: E402  (its names load scikit-learn on first use)  (the registry; heads' libraries load on use)
+import featcache  # noqa: E402  (its entry points load torch, h5py and scikit-learn on first use)
+from classifiers.registry import UnknownName  # noqa: E402
+from featcache.config import fit as fit_defaults  # noqa: E402
+from featcache.config.choices import AT_TEST, BACKENDS, DECODERS, DTYPES, ON_ERROR, POOLS, PRECISIONS  # noqa: E402
+from featcache.config.extract import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ExtractConfig, count_or_auto  # noqa: E402
+from featcache.config.fit import FitConfig  # noqa: E402
+from featcache.core import paths  # noqa: E402
+from featcache.core.errors import FeatcacheError  # noqa: E402
+from featcache.core.text import printable, terminal  # noqa: E402
+
+X, F = ExtractConfig, FitConfig  # the records whose fields are the options' defaults
+HEADS = "svm, ridge, logreg, gap, mlp"  # classifiers.list_heads() without loading scikit-learn (a test checks they agree)
 
 CACHE_DIR = click.option(
     "--cache-dir", envvar="FEATCACHE_CACHE_DIR", type=click.Path(file_okay=False), default=None,
@@ -46,9 +57,6 @@ class CountOrAuto(click.ParamType):
         self.minimum = minimum
 
     def convert(self, value, param, ctx):
-        from featcache.config.extract import count_or_auto
-        from featcache.core.errors import FeatcacheError
-
         flag = param.opts[0] if param else "value"
         try:
             return count_or_auto(value, flag, self.minimum)
@@ -83,16 +91,7 @@ class Featcache(click.Group):
         except Exception as err:
             if debug:
                 raise
-            from featcache.core.errors import FeatcacheError
-
-            if isinstance(err, FeatcacheError):
-                raise click.ClickException(printable(str(err))) from None
-            try:
-                from classifiers import ParamError
-                from classifiers.registry import UnknownName
-            except ImportError:
-                ParamError = UnknownName = ()  # noqa: N806
-            if isinstance(err, (ParamError, UnknownName)):
+            if isinstance(err, (FeatcacheError, UnknownName, classifiers.ParamError)):
                 raise click.ClickException(printable(str(err))) from None
             text = printable(str(err).splitlines()[0]) if str(err) else ""
             raise click.ClickException(f"internal error: {type(err).__name__}: {text} (rerun with --debug for the traceback)") from None
@@ -107,65 +106,48 @@ def main(debug: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------
 @main.command(short_help="Images -> a cached feature set.")
-@click.option("--data", "data", default="data", show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/; or images only (unlabelled).")
-@click.option("--labels", "labels", default=None, type=click.Path(dir_okay=False), metavar="FILE.csv", help="Labels from a CSV with columns path,label[,split] (paths relative to --data) instead of class folders.")
-@click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="Backbone: a torchvision name, timm:NAME, or efficientnet_lite0 (built in, offline).")
-@click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
-@click.option("--layer", default=None, help="Graph node to cut at [default: the last feature map before pooling].")
-@click.option("--pool", type=click.Choice(POOLS), default="none", show_default=True,
+@click.option("--data", default=X.data, show_default=True, type=click.Path(), help="Image folder: one subfolder per class, optionally under train/ val/ test/ (or their aliases); or images only (unlabelled).")
+@click.option("--labels", default=X.labels, type=click.Path(dir_okay=False), metavar="FILE.csv", help="Labels from a CSV with columns path,label[,split] (paths relative to --data) instead of class folders.")
+@click.option("--model", "-m", default=X.model, show_default=True, help="Backbone: a torchvision name, timm:NAME, openclip:ARCH/TAG, or efficientnet_lite0/1/2 (built in, offline); `featcache models` lists them.")
+@click.option("--weights", default=X.weights, show_default=True, help="DEFAULT (pretrained), a weights tag, none (random init) or a state-dict file.")
+@click.option("--layer", default=X.layer, help="Graph node to cut at [default: a map model's last map before pooling, a token model's own embedding].")
+@click.option("--pool", type=click.Choice(POOLS), default=X.pool, show_default=True,
               help="Reduce the cut's output: avg/max over a map's positions or all tokens; for token sequences cls "
                    "(the class token) or avg_patch (the mean of the patch tokens, class and register tokens left out).")
-@click.option("--image-size", type=int, default=None, help=f"Crop size fed to the model, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px [default: the weights' own].")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True, help="Storage precision of the features.")
-@click.option("--batch-size", type=CountOrAuto(1), default="auto", show_default=True, help="Images per forward pass, or auto (measured per model).")
-@click.option("--workers", type=CountOrAuto(0), default="auto", show_default=True, help="Decoding worker processes, or auto.")
-@click.option("--streams", type=CountOrAuto(1), default="auto", show_default=True, help="Batches in flight on CPU, each on cores/N threads, or auto (2 on a multi-core CPU).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto = fp16 autocast on CUDA, fp32 on CPU.")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="What to do with an image that cannot be decoded.")
-@click.option("--shard", default=None, metavar="I/N", help="Extract only slice I of N (I from 0); join with `featcache cache merge`.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run on this machine or on a Ray cluster.")
-@click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray) [default: start a local Ray].")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no libjpeg draft downscaling; CPU decoder).")
-@click.option("--decode", type=click.Choice(DECODERS), default="cpu", show_default=True,
+@click.option("--image-size", type=int, default=X.image_size, help=f"Crop size fed to the model, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px [default: the weights' own].")
+@click.option("--dtype", type=click.Choice(DTYPES), default=X.dtype, show_default=True, help="Storage precision of the features.")
+@click.option("--batch-size", type=CountOrAuto(1), default=X.batch_size, show_default=True, help="Images per forward pass, or auto (measured per model).")
+@click.option("--workers", type=CountOrAuto(0), default=X.workers, show_default=True, help="Decoding worker processes, or auto.")
+@click.option("--streams", type=CountOrAuto(1), default=X.streams, show_default=True, help="Batches in flight on CPU, each on cores/N threads, or auto (2 on a multi-core CPU).")
+@click.option("--device", default=X.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=X.precision, show_default=True, help="auto = fp16 autocast on CUDA, fp32 on CPU.")
+@click.option("--on-error", type=click.Choice(ON_ERROR), default=X.on_error, show_default=True, help="What to do with an image that cannot be decoded.")
+@click.option("--shard", default=X.shard, metavar="I/N", help="Extract only slice I of N (I from 0); join with `featcache cache merge`.")
+@click.option("--engine", type=click.Choice(BACKENDS), default=X.engine, show_default=True, help="Run on this machine or on a Ray cluster.")
+@click.option("--ray-address", default=X.ray_address, help="Ray cluster address (with --engine ray) [default: start a local Ray].")
+@click.option("--draft/--no-draft", default=X.draft, show_default=True, help="Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (the CPU decoder); --no-draft decodes at full size.")
+@click.option("--decode", type=click.Choice(DECODERS), default=X.decode, show_default=True,
               help="cpu: Pillow in the worker processes. gpu: JPEGs decoded in batches on --device by torchvision "
                    "(nvjpeg), resized and cropped there; meant for CUDA (runs on a CPU too, slower); other files "
                    "are decoded on the CPU. A different feature set.")
-@click.option("--views", "views", default="none", show_default=True, metavar="SPEC",
+@click.option("--views", default=X.views, show_default=True, metavar="SPEC",
               help="Augmented views per image, each a row: none, flip (+ mirror), crops:5|10 (centre + corners "
                    "[+ mirrors]), rrc:N[:seed=S][:scale=LO] (plain + N-1 random resized crops with flips). One decode, "
                    "one forward pass per view; a different feature set.")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the backbone: faster for large jobs after a 10-30 s compile.")
-@click.option("--lock-timeout", type=float, default=-1, show_default=True, help="Seconds to wait for another process extracting the same set (-1 = forever, 0 = fail at once).")
+@click.option("--compile", is_flag=True, default=X.compile, help="torch.compile the backbone: faster for large jobs after a 10-30 s compile.")
+@click.option("--lock-timeout", type=float, default=X.lock_timeout, show_default=True, help="Seconds to wait for another process extracting the same set (-1 = forever, 0 = fail at once).")
+@click.option("--incremental/--no-incremental", default=X.incremental, show_default=True, help="Reuse the rows of unchanged files from an older feature set of the same extractor and folder.")
 @CACHE_DIR
 @QUIET
 @JSON
-def extract(data, labels, model, weights, layer, pool, image_size, dtype, batch_size, workers, streams, device, precision, on_error,
-            shard, engine, ray_address, no_draft, decode, views, compile_model, lock_timeout, cache_dir, quiet, as_json):
+def extract(quiet, as_json, **settings):
     """Extract features of every image under --data into a cached feature set."""
-    from featcache.config.extract import ExtractConfig
-    from featcache.extraction.extract import extract as run_extract
 
-    cfg = ExtractConfig(
-        data=data, labels=labels, model=model, weights=weights, layer=layer, pool=pool, image_size=image_size, dtype=dtype,
-        batch_size=batch_size, workers=workers, streams=streams, device=device, precision=precision, cache_dir=cache_dir,
-        on_error=on_error, shard=shard, engine=engine, ray_address=ray_address, draft=not no_draft, decode=decode,
-        lock_timeout=lock_timeout, compile=compile_model, views=views,
-    )
-    result = run_extract(cfg, progress_bar=not quiet)
-    if result.skipped and not quiet:
-        echo(f"skipped {len(result.skipped)} file(s):", err=True)
-        for path, reason in result.skipped:
-            echo(f"  {printable(path)}: {printable(reason)}", err=True)
-    if result.ignored and not quiet:
-        echo(f"ignored {len(result.ignored)} non-image file(s), e.g. {printable(result.ignored[0])}", err=True)
-    if result.left_out and not quiet:
-        echo(f"{len(result.left_out)} item(s) under {printable(str(data))} not read:", err=True)
-        for path, reason in result.left_out:
-            echo(f"  {printable(path)}: {printable(reason)}", err=True)
-    if result.unlisted and not quiet:
-        echo(f"left out {len(result.unlisted)} image(s) under {data} that {labels} does not list, "
-             f"e.g. {printable(result.unlisted[0])} (add rows for them to include them)", err=True)
+    cfg = ExtractConfig(**settings)
+    result = featcache.extract(cfg, progress_bar=not quiet)
+    if not quiet:
+        for line in result.notes(cfg):
+            echo(line, err=True)
     echo(json.dumps(result.to_dict()) if as_json else result.summary())
 
 
@@ -220,7 +202,7 @@ def cache_list(cache_dir, as_json):
     from featcache.store import cache as c
 
     entries = sorted(c.entries(cache_dir), key=lambda e: e.created, reverse=True)
-    records = [_cache_record(e) for e in entries]  # the JSON and the table show the same facts
+    records = [e.to_record() for e in entries]  # the JSON and the table show the same facts
     _listing(records, as_json, f"no feature sets in {_cache_path(cache_dir)}",
              ("ID", "STATE", "MODEL", "LAYER", "POOL", "ROWS", "SHAPE", "SIZE", "CREATED"),
              lambda r: (r["id"], r["state"], r["model"] or "-", r["layer"] or "-", r["pool"] or "-",
@@ -236,15 +218,6 @@ def _listing(records: list[dict], as_json: bool, empty: str, header: tuple, row)
         echo(empty)
     else:
         echo(_table([header] + [row(r) for r in records]))
-
-
-def _cache_record(e) -> dict:
-    m = e.meta
-    extractor = m.get("key", {}).get("extractor", {})  # all an interrupted extraction's header knows
-    return {"id": e.id, "state": e.state, "path": str(e.path), "size_bytes": e.size_bytes,
-            "model": m.get("model", extractor.get("arch")), "layer": m.get("layer", extractor.get("layer")),
-            "pool": m.get("pool", extractor.get("pool")), "rows": m.get("n_rows"), "feature_shape": m.get("feature_shape"),
-            "created": e.created}
 
 
 @cache.command("info")
@@ -311,38 +284,34 @@ def cache_merge(ref, cache_dir, quiet):
 
 # ------------------------------------------------------------------------------------------------
 @main.command(short_help="Grid-search a head on cached features.")
-@click.option("--head", "head", default="svm", show_default=True, help="Classifier head: svm, logreg, gap, mlp (see `featcache heads`).")
-@click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
+@click.option("--head", default=F.head, show_default=True, help=f"Classifier head: {HEADS} (see `featcache heads`).")
+@click.option("--features", default=F.features, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
 @click.option("--param", "params", multiple=True, metavar="NAME=v1,v2", help="Search these values (repeatable; several names form a full grid).")
 @click.option("--set", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a head parameter (one value; takes it out of the default grid).")
-@click.option("--cv", type=int, default=None, help="Cross-validation folds [default: 10 for svm, 5 otherwise].")
-@click.option("--test-size", type=float, default=0.2, show_default=True, help="Stratified hold-out fraction when there is no test/ split.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the hold-out, the folds and the heads.")
-@click.option("--n-jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run the fits here or on Ray.")
-@click.option("--allow-stale", is_flag=True, help="Fit even if the image folder changed since extraction.")
-@click.option("--exclude", "exclude", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--cv", type=int, default=F.cv,
+              help=f"Cross-validation folds [default: {fit_defaults.HEAD_CV['svm']} for svm, {fit_defaults.OTHER_CV} otherwise].")
+@click.option("--test-size", type=float, default=F.test_size, show_default=True, help="Stratified hold-out fraction when there is no test/ split.")
+@click.option("--seed", type=int, default=F.seed, show_default=True, help="Seed of the hold-out, the folds and the heads.")
+@click.option("--n-jobs", type=int, default=F.n_jobs, show_default=True, help="Parallel fits (-1: all cores).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=F.backend, show_default=True, help="Run the fits here or on Ray.")
+@click.option("--allow-stale", is_flag=True, default=F.allow_stale, help="Fit even if the image folder changed since extraction.")
+@click.option("--exclude", default=F.exclude, type=click.Path(dir_okay=False), metavar="FILE",
               help="Leave these files out of training and test: one path per line, or a CSV with a path column (e.g. a filtered audit.csv).")
-@click.option("--views-at-test", type=click.Choice(AT_TEST), default="mean", show_default=True,
+@click.option("--views-at-test", type=click.Choice(AT_TEST), default=F.views_at_test, show_default=True,
               help="Feature sets with views: score each CV/test image by the head's output averaged over its views, "
                    "or by its first view (the plain crop) only. The run reports both.")
 @CACHE_DIR
 @RUNS_DIR
 @QUIET
 @JSON
-def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, allow_stale, exclude, views_at_test, cache_dir,
-        runs_dir, quiet, as_json):
+def fit(params, fixed, quiet, as_json, **settings):
     """Grid-search a head on cached features, refit, score the test split, save a run with a report."""
-    from classifiers import get_head
     from featcache.fitting.params import parse_fixed, parse_params
-    from featcache.fitting.pipeline import fit as run_fit
 
-    head_cls = get_head(head)
-    grid = parse_params(head_cls, params) if params else None
-    fixed_params = parse_fixed(head_cls, fixed) if fixed else None
-    run = run_fit(head=head, features=features, params=grid, cv=cv, test_size=test_size, seed=seed, n_jobs=n_jobs,
-                  backend=backend, cache_dir=cache_dir, runs_dir=runs_dir, allow_stale=allow_stale,
-                  progress_bar=not quiet, head_params=fixed_params, exclude=exclude, views_at_test=views_at_test)
+    head_cls = classifiers.get_head(settings["head"])
+    cfg = FitConfig(params=parse_params(head_cls, params) if params else None,
+                    head_params=parse_fixed(head_cls, fixed) if fixed else None, **settings)
+    run = featcache.fit(cfg, progress_bar=not quiet)
     if as_json:
         echo(json.dumps(run.to_row()))
     else:
@@ -354,9 +323,10 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
 @click.option("--features", "features", default=None, metavar="ID|PATH", help="Feature set [default: the most recent complete one].")
 @click.option("--threshold", type=float, default=0.92, show_default=True, help="Cosine similarity of pooled features at or above which two images are near duplicates.")
 @click.option("--data", "data", default=None, type=click.Path(file_okay=False), help="Where the images are, if they moved since extraction (hashes of old sets, thumbnails).")
-@click.option("--cv", type=int, default=10, show_default=True, help="The CV folds of the fit to check for leaks (10: the svm head's default).")
-@click.option("--test-size", type=float, default=0.2, show_default=True, help="The fit's hold-out fraction when there is no test/ split.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The fit's seed (test split and folds), also seeds the label check.")
+@click.option("--cv", type=int, default=fit_defaults.default_cv(F.head), show_default=True,
+              help=f"The CV folds of the fit to check for leaks (the {F.head} head's default).")
+@click.option("--test-size", type=float, default=F.test_size, show_default=True, help="The fit's hold-out fraction when there is no test/ split.")
+@click.option("--seed", type=int, default=F.seed, show_default=True, help="The fit's seed (test split and folds), also seeds the label check.")
 @click.option("--out", type=click.Path(file_okay=False), default="audit", show_default=True, help="Folder for audit.md, audit.html, audit.csv and thumbnails.")
 @CACHE_DIR
 @QUIET
@@ -364,29 +334,25 @@ def fit(head, features, params, fixed, cv, test_size, seed, n_jobs, backend, all
 def audit(features, threshold, data, cv, test_size, seed, out, cache_dir, quiet, as_json):
     """Find exact and near duplicates, leaks across the test split and CV folds, conflicting labels, likely
     label errors and outliers in a cached feature set (the backbone is not run again)."""
-    from featcache.audit.findings import AuditConfig
-    from featcache.audit.findings import audit as run_audit
-    from featcache.audit.report import OUT_FIX, summary, write
-    from featcache.core.files import writable_dir
+    from featcache.audit import findings  # loads h5py and scikit-learn
+    from featcache.audit import report as pages
 
-    writable_dir(out, "audit folder", OUT_FIX, create=False)  # before the audit, not after it
-    cfg = AuditConfig(features=features, cache_dir=cache_dir, data=data, threshold=threshold, cv=cv, test_size=test_size,
-                      seed=seed)
-    result = run_audit(cfg, progress_bar=not quiet)
-    written = write(result, out, say=not quiet)
+    pages.check_out(out)  # before the audit, not after it
+    cfg = findings.AuditConfig(features=features, cache_dir=cache_dir, data=data, threshold=threshold, cv=cv,
+                                 test_size=test_size, seed=seed)
+    result = findings.audit(cfg, progress_bar=not quiet)
+    written = pages.write(result, out, say=not quiet)
     if as_json:
         echo(json.dumps({**result.to_dict(), "written": [str(p) for p in written]}))
     else:
-        echo(summary(result, written))
+        echo(pages.summary(result, written))
 
 
 @main.command(short_help="List heads, parameters, default grids.")
 def heads():
     """List classifier heads with their parameters and default grids."""
-    from classifiers import get_head, list_heads
-
-    for name in list_heads():
-        cls = get_head(name)
+    for name in classifiers.list_heads():
+        cls = classifiers.get_head(name)
         grid = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in cls.default_grid.items()) or "-"
         echo(f"{name:8} default grid: {grid}")
         echo(f"{'':8} parameters: {', '.join(f'{k} ({r.describe()})' for k, r in cls._param_rules.items())}")
@@ -402,7 +368,6 @@ def heads():
 @JSON
 def runs(sort, head, features, runs_dir, as_json):
     """Compare runs: head, feature set, best params, CV mean +- std, test accuracy, fit time."""
-    from featcache.core import paths
     from featcache.fitting.runs import list_runs
 
     found = [r.to_row() for r in list_runs(paths.runs_dir(runs_dir))]
@@ -425,34 +390,21 @@ def runs(sort, head, features, runs_dir, as_json):
 @RUNS_DIR
 def report(targets, out, runs_dir):
     """Re-render one run's report (default: the newest run), a sweep's leaderboard, or several runs side by side."""
-    from pathlib import Path
+    from featcache.fitting import report as pages  # loads the run records and matplotlib
+    from featcache.sweeps import leaderboard
 
-    from featcache.core import paths
-    from featcache.fitting import report as rep
-    from featcache.fitting.runs import latest, load_run
-
-    if not targets:
-        targets = (str(latest(paths.runs_dir(runs_dir))),)
-
-    if len(targets) == 1 and (Path(targets[0]) / "sweep.json").is_file():
-        from featcache.sweeps.leaderboard import render as render_sweep
-
-        for path in render_sweep(targets[0]):
+    runs_dir = paths.runs_dir(runs_dir)
+    if len(targets) == 1 and leaderboard.is_sweep(targets[0]):
+        for path in leaderboard.render(targets[0]):
             echo(f"wrote {path}")
         return
-    loaded = [load_run(t) for t in targets]
-    from featcache.fitting.runs import check_features
-
-    for run in loaded:
-        check_features(run)
+    loaded = pages.runs_to_report(targets, runs_dir)
     if len(loaded) == 1:
-        for path in rep.render_run(loaded[0]):
+        for path in pages.render_run(loaded[0]):
             echo(f"wrote {path}")
         return
-    from datetime import datetime
-
-    folder = Path(out) if out else paths.runs_dir(runs_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
-    md, page = rep.render_comparison(loaded, folder)
+    folder = Path(out) if out else runs_dir / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    md, page = pages.render_comparison(loaded, folder)
     echo(md.read_text(encoding="utf-8"))
     echo(f"wrote {md} and {page}")
 
@@ -469,22 +421,20 @@ def report(targets, out, runs_dir):
 @JSON
 def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quiet, as_json):
     """Label new images (files or folders), or the rows of a cached feature set, with a run's head."""
-    from featcache.core import paths
-    from featcache.fitting.predict import predict as run_predict
-    from featcache.fitting.predict import predict_features
-    from featcache.fitting.runs import latest
+    from featcache.fitting import predict as prediction  # loads torch and the run records
+    from featcache.fitting import runs
 
     if bool(inputs) == bool(features):
         raise click.UsageError("give images or folders to label, or --features ID, not both")
     if run is None:
-        run = latest(paths.runs_dir(runs_dir))
+        run = runs.latest(paths.runs_dir(runs_dir))
         if not quiet:
             echo(f"using run {run} (the newest)", err=True)
 
     if features:
-        results = predict_features(features, run, cache_dir=cache_dir)
+        results = prediction.predict_features(features, run, cache_dir=cache_dir)
     else:
-        results = run_predict(inputs, run, batch_size=batch_size, device=device,
+        results = prediction.predict(inputs, run, batch_size=batch_size, device=device,
                               cache_dir=cache_dir, progress_bar=not quiet)
     if as_json:
         echo(json.dumps([r.as_dict() for r in results]))
@@ -503,24 +453,23 @@ def predict(inputs, run, features, batch_size, device, cache_dir, runs_dir, quie
 @click.option("--layer", "layers", multiple=True, help="Cut (repeatable; applied to every model) [default: each model's default].")
 @click.option("--pool", "pools", multiple=True, type=click.Choice(POOLS), help="Pooling (repeatable) [default: none].")
 @click.option("--views", "views", multiple=True, metavar="SPEC", help="Views recipe (repeatable), e.g. --views none --views flip --views rrc:8 [default: none].")
-@click.option("--head", "heads", multiple=True, help="Head (repeatable) [default: svm].")
+@click.option("--head", "heads", multiple=True, help=f"Head (repeatable) [default: {F.head}].")
 @click.option("--param", "params", multiple=True, metavar="HEAD.NAME=v1,v2", help="A head's search grid, e.g. svm.C=0.1,1,10 (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A sweep TOML file instead of --model/--layer/--pool/--head/--param; --data, --cv, --test-size, --seed and --image-size override its values.")
 @click.option("--image-size", type=int, default=None, help=f"Crop size for every model, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px [default: each weights' own].")
-@click.option("--cv", type=int, default=None, help="Folds, the same for every row [default: the file's, else 5].")
-@click.option("--test-size", type=float, default=None, help="Hold-out fraction when there is no test/ split [default: the file's, else 0.2].")
-@click.option("--seed", type=int, default=None, help="Seed of the split and folds shared by all rows [default: the file's, else 0].")
+@click.option("--cv", type=int, default=None, help=f"Folds, the same for every row [default: the file's, else {fit_defaults.SWEEP_CV}].")
+@click.option("--test-size", type=float, default=None, help=f"Hold-out fraction when there is no test/ split [default: the file's, else {F.test_size:g}].")
+@click.option("--seed", type=int, default=None, help=f"Seed of the split and folds shared by all rows [default: the file's, else {F.seed}].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [default: ./sweeps/sweep-HASH; rerun to resume].")
 @CACHE_DIR
 @QUIET
 def sweep(data, models, layers, pools, views, heads, params, config_file, image_size, cv, test_size, seed, out, cache_dir, quiet):
     """Compare backbones x layers x pooling x views x heads on your images: one leaderboard."""
-    from featcache.sweeps.sweep import sweep as run_sweep
 
     if config_file and (models or layers or pools or views or heads or params):
         raise click.UsageError("give either --config or --model/--layer/--pool/--views/--head/--param, not both")
-    folder = run_sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), views=list(views), heads=list(heads),
+    folder = featcache.sweep(data=data, models=list(models), layers=list(layers), pools=list(pools), views=list(views), heads=list(heads),
                        params=list(params), config_file=config_file, image_size=image_size, cv=cv, test_size=test_size,
                        seed=seed, out=out, cache_dir=cache_dir, progress_bar=not quiet)
     echo((folder / "leaderboard.md").read_text(encoding="utf-8"))
@@ -528,8 +477,6 @@ def sweep(data, models, layers, pools, views, heads, params, config_file, image_
 
 
 def _cache_path(cache_dir):
-    from featcache.core import paths
-
     return paths.cache_dir(cache_dir)
 
 
@@ -538,7 +485,6 @@ def _size(n: int) -> str:
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
 
 
 if __name__ == "__main__":

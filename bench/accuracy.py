@@ -296,12 +296,12 @@ def run_cells(name: str, root: Path, extracted: dict, out: Path, args) -> dict:
 def _defaults(data, fsid, cache, runs, split_of) -> dict:
     """``featcache fit`` exactly as the CLI runs it without options (its split, folds and grid)."""
     import featcache
-    from featcache.fitting.pipeline import DEFAULT_CV
+    from featcache.config.fit import default_cv
 
     start = time.perf_counter()
     run = featcache.fit(features=fsid, cache_dir=cache, runs_dir=runs, progress_bar=False, loaded=data)
     wall = time.perf_counter() - start
-    split = split_of(data, DEFAULT_CV.get(run.params.head, 5))
+    split = split_of(data, default_cv(run.params.head))
     correct = run.estimator.predict(data.X[split.test_rows]) == data.y[split.test_rows]
     assert abs(np.mean(correct) - run.test_accuracy) < 1e-9
     return {"run": str(run.path), "fit_seconds": wall, "cv": run.metrics.best_cv_mean, "best": run.metrics.best_params,

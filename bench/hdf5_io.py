@@ -34,7 +34,7 @@ import _common as C
 import h5py
 import numpy as np
 
-from featcache.store import featureset as store
+from featcache import store
 
 FILTERS = {
     "none": dict(),

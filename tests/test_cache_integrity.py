@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import featcache
+from featcache import store
 from featcache.core.errors import CacheError, DamagedError, FeatcacheError
 from featcache.store import cache
-from featcache.store import featureset as store
 from tests.conftest import as_written_before_versioning, cli_env, make_images, without_root_privileges
 from tests.conftest import featcache as run_cli
 

@@ -72,7 +72,7 @@ def fitted(tmp_path_factory):
 
 def test_predict_checks_the_sets_identity_without_reading_its_features(fitted, monkeypatch):
     import featcache
-    from featcache.store import featureset as store
+    from featcache import store
 
     def forbidden(*args, **kwargs):
         raise AssertionError("predict must not read the training features")

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import featcache
+from featcache import store
 from featcache.core.errors import FeatcacheError
 from featcache.store import cache
-from featcache.store import featureset as store
 from featcache.store.manifest import Manifest
 
 COMPLETE = ["aaaa1111bbbb2222", "aaaa1111cccc3333", "dddd4444eeee5555"]  # two share an 8-character prefix

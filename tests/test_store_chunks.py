@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featcache.store import featureset as store
+from featcache import store
 from featcache.store.manifest import Manifest
 
 

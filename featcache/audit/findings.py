@@ -21,19 +21,25 @@ files; the backbone is never run again. The steps:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from featcache.audit.search import search
+from featcache.config.fit import DEFAULT_HEAD, SEED, TEST_SIZE, check_split_options, default_cv
 from featcache.core import paths, progress
 from featcache.core.errors import FeatcacheError
 from featcache.core.text import display
 from featcache.extraction.scan import hash_files
-from featcache.fitting.splits import assign, check_split_options
+from featcache.fitting.splits import assign
 from featcache.store import cache
-from featcache.store.featureset import open_verified
+from featcache.store.integrity import open_verified
 from featcache.store.manifest import UNLABELLED, Manifest
 from featcache.store.pooling import pooled
 
@@ -57,9 +63,9 @@ class AuditConfig:
     cache_dir: str | None = None
     data: str | None = None  # where the images are, if not in the folder recorded at extraction
     threshold: float = 0.92  # cosine similarity of a near-duplicate pair
-    cv: int = 10  # the CV folds `fit` would use (10: the svm head's default)
-    test_size: float = 0.2
-    seed: int = 0
+    cv: int = default_cv(DEFAULT_HEAD)  # the CV folds `fit` would use with its default head
+    test_size: float = TEST_SIZE
+    seed: int = SEED
     label_folds: int = 5  # out-of-fold predictions for label errors
     device: str = "auto"  # where the similarity tiles run
 
@@ -248,12 +254,6 @@ def duplicate_groups(hashes: list[str], same: list[list[int]], entry_pairs: np.n
 
 def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, folds: int, seed: int, bar=None) -> tuple[np.ndarray, np.ndarray]:
     """(rows that got an estimate, their (rows, classes) probabilities) from a k-fold linear head."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from threadpoolctl import threadpool_limits
 
     classes, counts = np.unique(y[y >= 0], return_counts=True)
     rows = np.flatnonzero(np.isin(y, classes[counts >= 2]))  # a class of one image cannot be held out
@@ -330,118 +330,143 @@ def outlier_scores(nearest_same: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- audit
+@dataclass
+class _Rows:
+    """The audited rows (view 0 of each image), pooled, with their manifest entries."""
+
+    X: np.ndarray
+    row_entry: np.ndarray
+    y: np.ndarray
+    manifest: Manifest
+    feature_set: dict
+    data_root: Path
+
+
 def audit(cfg: AuditConfig | None = None, progress_bar: bool = True, **settings) -> AuditResult:
     """Audit a cached feature set; ``audit(features="ab12", threshold=0.9)`` or ``audit(AuditConfig(...))``."""
     cfg = cfg or AuditConfig(**settings)
     say = progress_bar
-    root_dir = paths.cache_dir(cfg.cache_dir)
-    path = cache.latest(root_dir) if cfg.features is None else cache.find(cfg.features, root_dir)
     seconds: dict[str, float] = {}
     notes: list[str] = []
     clock = time.perf_counter()
-    with open_verified(path) as fs:
-        meta = fs.meta
-        if cfg.features is None:
-            progress.say(f"auditing feature set {fs.id} ({meta['model']} {meta['layer']} pool={meta['pool']}, "
-                         f"{len(fs)} rows), the most recent in {root_dir}", say)
-        manifest = fs.manifest()
-        row_entry = fs.index
-        y_rows = fs.labels.astype(np.int64)
-        bar = progress.bar(len(fs), "read features", say)
-        try:
-            X = pooled(fs, bar)
-        finally:
-            bar.close()
-        if fs.n_views > 1:  # augmented views of one image are near-duplicates by design: audit the plain crops
-            first = np.asarray(fs.view) == 0
-            X, row_entry, y_rows = X[first], np.asarray(row_entry)[first], y_rows[first]
-            notes.append(f"the feature set holds {fs.n_views} views per image ({meta.get('views')}): "
-                         "audited on view 0, the plain crop")
-        feature_set = {"id": fs.id, "path": str(path), "model": meta.get("model"), "layer": meta.get("layer"),
-                       "pool": meta.get("pool"), "feature_shape": list(fs.feature_shape), "rows": len(X),
-                       "files": len(manifest), "data_root": meta.get("data_root"), "classes": manifest.class_names}
+    rows = _read(cfg, say, notes)
+    manifest, row_entry = rows.manifest, rows.row_entry
     seconds["read"] = time.perf_counter() - clock
-    data_root = Path(cfg.data) if cfg.data else Path(meta.get("data_root") or ".")
-    n_entries = len(manifest)
-    entry_row = np.full(n_entries, -1, dtype=np.int64)
-    entry_row[row_entry] = np.arange(len(row_entry))
 
     clock = time.perf_counter()
-    hashes = content_hashes(manifest, data_root, say, notes)
+    hashes = content_hashes(manifest, rows.data_root, say, notes)
     seconds["hash"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-
-    bar = progress.bar(len(X), "search neighbours", say)
+    bar = progress.bar(len(rows.X), "search neighbours", say)
     try:
-        found = search(X, y_rows, cfg.threshold, device=cfg.device, progress=bar)
+        found = search(rows.X, rows.y, cfg.threshold, device=cfg.device, progress=bar)
     finally:
         bar.close()
     seconds["search"] = time.perf_counter() - clock
 
     is_test, fold = fit_places(manifest, cfg, notes)
-    names = manifest.class_names
-    label_name = [names[k] if k != UNLABELLED else "" for k in manifest.labels.tolist()]
-    place = []
-    for i in range(n_entries):
-        if entry_row[i] < 0:
-            place.append("")
-        elif is_test[i]:
-            place.append("test")
-        elif fold[i] >= 0:
-            place.append(f"fold {int(fold[i])}")
-        else:
-            place.append(manifest.splits[i] or "")
-    entries = Entries(paths=manifest.paths, labels=label_name, splits=manifest.splits, place=place, rows=entry_row)
-
+    entries = _entries(manifest, row_entry, is_test, fold)
     findings: list[Finding] = []
     entry_pairs = row_entry[found.pairs] if len(found.pairs) else np.empty((0, 2), dtype=np.int64)
     same = exact_sets(hashes, manifest.sizes)
     identical = {i for m in same for i in m}
     for group, exact, lowest, highest in duplicate_groups(hashes, same, entry_pairs, found.similarity):
-        findings.append(_group_finding(group, exact, lowest, highest, identical, manifest, is_test, fold, entry_row, label_name))
+        findings.append(_group_finding(group, exact, lowest, highest, identical, manifest, is_test, fold, entries.rows,
+                                       entries.labels))
 
     clock = time.perf_counter()
-    ranking = None
-    if manifest.labelled:
-        bar = progress.bar(cfg.label_folds, "label check (out-of-fold)", say, unit="fold")
-        try:
-            rows, P = out_of_fold_probabilities(X, y_rows, cfg.label_folds, cfg.seed, bar)
-        finally:
-            bar.close()
-        if len(rows):
-            flagged, suggested, margin = confident_errors(P, y_rows[rows])
-            ranking = row_entry[rows[np.argsort(-margin, kind="stable")]]
-            for at in np.flatnonzero(flagged):
-                r, s = int(rows[at]), int(suggested[at])
-                e, near = int(row_entry[r]), int(found.nearest[r])
-                findings.append(Finding(
-                    kind="label_error", severity="medium", score=float(margin[at]), entries=[e], actions=["review"],
-                    suggested=names[s], context=[int(row_entry[near])] if near >= 0 else [],
-                    detail=f"labelled {label_name[e]}, but the rest of the data says {names[s]} (out-of-fold probability "
-                           f"{P[at, s]:.2f} vs {P[at, y_rows[r]]:.2f} for {label_name[e]}); its most similar image is shown beside it"))
-        else:
-            notes.append("label errors not checked: fewer than two classes with two or more images")
-    else:
-        notes.append("unlabelled rows: label conflicts, label errors and per-class outliers are not checked "
-                     "(outliers are judged against all images)")
+    ranking = _label_errors(rows, entries.labels, found, cfg, say, findings, notes)
     seconds["labels"] = time.perf_counter() - clock
-
-    z = outlier_scores(found.nearest_same_similarity, y_rows)
-    for r in np.flatnonzero(z > OUTLIER_Z):
-        e = int(row_entry[r])
-        near = int(found.nearest_same[r])
-        where = f"the class {label_name[e]}" if label_name[e] else "the set"
-        findings.append(Finding(
-            kind="outlier", severity="low", score=float(z[r]), entries=[e], actions=["review"],
-            context=[int(row_entry[near])] if near >= 0 else [],
-            detail=f"far from every other image of {where}: the most similar one is at {found.nearest_same_similarity[r]:.2f} "
-                   f"(robust z = {z[r]:.1f}; shown beside it)"))
+    findings += _outliers(rows, entries.labels, found)
 
     search_info = {"precision": found.precision, "device": found.device, "candidates": int(found.candidates),
                    "pairs": int(len(found.pairs)), "threshold": cfg.threshold}
-    return AuditResult(feature_set=feature_set, config=cfg, findings=findings, entries=entries, notes=notes,
+    return AuditResult(feature_set=rows.feature_set, config=cfg, findings=findings, entries=entries, notes=notes,
                        seconds={k: round(v, 3) for k, v in seconds.items()}, label_ranking=ranking, search=search_info)
+
+
+def _read(cfg: AuditConfig, say: bool, notes: list[str]) -> _Rows:
+    """The feature set's rows pooled to unit vectors; with views, view 0 of each image (an image's views are
+    near duplicates of each other by design: the plain crop is audited)."""
+    root_dir = paths.cache_dir(cfg.cache_dir)
+    path = cache.latest(root_dir) if cfg.features is None else cache.find(cfg.features, root_dir)
+    with open_verified(path) as fs:
+        info = fs.info
+        if cfg.features is None:
+            progress.say(f"auditing feature set {fs.id} ({info.extractor.label}, {len(fs)} rows), the most recent in {root_dir}",
+                         say)
+        manifest = fs.manifest()
+        row_entry, y = fs.index, fs.labels.astype(np.int64)
+        bar = progress.bar(len(fs), "read features", say)
+        try:
+            X = pooled(fs, bar)
+        finally:
+            bar.close()
+        if fs.n_views > 1:
+            first = np.asarray(fs.view) == 0
+            X, row_entry, y = X[first], np.asarray(row_entry)[first], y[first]
+            notes.append(f"the feature set holds {fs.n_views} views per image ({info.views}): audited on view 0, the plain crop")
+    feature_set = {"id": info.id, "path": str(path), "model": info.model, "layer": info.layer, "pool": info.pool,
+                   "feature_shape": list(info.feature_shape), "rows": len(X), "files": len(manifest),
+                   "data_root": info.data_root or None, "classes": manifest.class_names}
+    data_root = Path(cfg.data) if cfg.data else Path(info.data_root or ".")
+    return _Rows(X, np.asarray(row_entry), y, manifest, feature_set, data_root)
+
+
+def _entries(manifest: Manifest, row_entry: np.ndarray, is_test: np.ndarray, fold: np.ndarray) -> Entries:
+    """Each input file's label name and place in the fit (test, its CV fold, or no features)."""
+    entry_row = np.full(len(manifest), -1, dtype=np.int64)
+    entry_row[row_entry] = np.arange(len(row_entry))
+    names = manifest.class_names
+    label_name = [names[k] if k != UNLABELLED else "" for k in manifest.labels.tolist()]
+    place = ["" if entry_row[i] < 0 else "test" if is_test[i] else f"fold {int(fold[i])}" if fold[i] >= 0
+             else manifest.splits[i] or "" for i in range(len(manifest))]
+    return Entries(paths=manifest.paths, labels=label_name, splits=manifest.splits, place=place, rows=entry_row)
+
+
+def _label_errors(rows: _Rows, label_name: list[str], found, cfg: AuditConfig, say: bool, findings: list[Finding],
+                  notes: list[str]) -> np.ndarray | None:
+    """Likely label errors (out-of-fold confident learning) added to ``findings``; the entries ranked by how
+    unlikely their label is (None for unlabelled sets)."""
+    if not rows.manifest.labelled:
+        notes.append("unlabelled rows: label conflicts, label errors and per-class outliers are not checked "
+                     "(outliers are judged against all images)")
+        return None
+    names, y, row_entry = rows.manifest.class_names, rows.y, rows.row_entry
+    bar = progress.bar(cfg.label_folds, "label check (out-of-fold)", say, unit="fold")
+    try:
+        checked, P = out_of_fold_probabilities(rows.X, y, cfg.label_folds, cfg.seed, bar)
+    finally:
+        bar.close()
+    if not len(checked):
+        notes.append("label errors not checked: fewer than two classes with two or more images")
+        return None
+    flagged, suggested, margin = confident_errors(P, y[checked])
+    for at in np.flatnonzero(flagged):
+        r, s = int(checked[at]), int(suggested[at])
+        e, near = int(row_entry[r]), int(found.nearest[r])
+        findings.append(Finding(
+            kind="label_error", severity="medium", score=float(margin[at]), entries=[e], actions=["review"],
+            suggested=names[s], context=[int(row_entry[near])] if near >= 0 else [],
+            detail=f"labelled {label_name[e]}, but the rest of the data says {names[s]} (out-of-fold probability "
+                   f"{P[at, s]:.2f} vs {P[at, y[r]]:.2f} for {label_name[e]}); its most similar image is shown beside it"))
+    return row_entry[checked[np.argsort(-margin, kind="stable")]]
+
+
+def _outliers(rows: _Rows, label_name: list[str], found) -> list[Finding]:
+    """Images far from every other image of their class (robust z of the nearest same-class similarity)."""
+    out = []
+    z = outlier_scores(found.nearest_same_similarity, rows.y)
+    for r in np.flatnonzero(z > OUTLIER_Z):
+        e, near = int(rows.row_entry[r]), int(found.nearest_same[r])
+        where = f"the class {label_name[e]}" if label_name[e] else "the set"
+        out.append(Finding(
+            kind="outlier", severity="low", score=float(z[r]), entries=[e], actions=["review"],
+            context=[int(rows.row_entry[near])] if near >= 0 else [],
+            detail=f"far from every other image of {where}: the most similar one is at {found.nearest_same_similarity[r]:.2f} "
+                   f"(robust z = {z[r]:.1f}; shown beside it)"))
+    return out
 
 
 def _group_finding(group, exact, lowest, highest, identical, manifest, is_test, fold, entry_row, label_name) -> Finding:

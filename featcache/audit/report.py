@@ -13,7 +13,7 @@ from pathlib import Path
 
 from featcache.audit.findings import KIND_TITLES, AuditResult, Finding
 from featcache.core import progress
-from featcache.core.files import output_dir, write_csv
+from featcache.core.files import output_dir, writable_dir, write_csv
 from featcache.core.text import Code, Link, display, printable
 from featcache.report import render as report
 from featcache.report.gallery import Card, Thumbnails
@@ -31,6 +31,11 @@ COUNT_ROWS = (
 )
 CSV_COLUMNS = ("finding", "kind", "severity", "action", "path", "label", "split", "place", "suggested_label", "similarity",
                "score", "flags", "detail")
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse, before any work, an ``--out`` folder featcache cannot write into."""
+    writable_dir(Path(out), "audit folder", OUT_FIX, create=False)
 
 
 def write(result: AuditResult, out: Path, say: bool = True) -> list[Path]:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from featcache.core.errors import FeatcacheError
 
@@ -56,8 +57,6 @@ def cpu_has_fast_bf16() -> bool:
 
 def pick(device: str = "auto", precision: str = "auto"):
     """(torch device, precision) for the tiles: a GPU if present, else the CPU; bf16 where native."""
-    import torch
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -95,76 +94,85 @@ def exact_similarity(X: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 8
 def search(X: np.ndarray, groups: np.ndarray | None, threshold: float, device: str = "auto", precision: str = "auto",
            progress=None, query_block: int = QUERY_BLOCK, key_block: int = KEY_BLOCK, max_pairs: int = MAX_PAIRS) -> Neighbours:
     """``X``: (n, d) float32 unit rows. ``groups``: (n,) ints (a row's class), or None for one group."""
-    import torch
-
     X = np.ascontiguousarray(X, dtype=np.float32)
     n, d = X.shape
     groups = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     dev, precision = pick(device, precision)
     low_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    cut = threshold - margin(precision, d)
-
     # Rows sorted by group: a group's rows are contiguous, so within-group maxima are rectangles.
     order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    bounds = {int(g): (int(a), int(b)) for g, a, b in zip(*_runs(sorted_groups))}
     low = torch.empty((n, d), dtype=low_dtype, device=dev)
     for s in range(0, n, 16384):  # sorted and converted by blocks: no second full-size copy of X
         low[s:s + 16384] = torch.from_numpy(X[order[s:s + 16384]]).to(dev, dtype=low_dtype)
-    best = torch.full((n,), -math.inf, device=dev)
-    best_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
-    same = torch.full((n,), -math.inf, device=dev)
-    same_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
-    found_i, found_j = [], []
-    n_found = 0
-    # One set of tile buffers for the whole search: allocating ~100 MB per tile made the C library's
-    # per-thread arenas hold on to freed tiles (peak RSS 4.6 GB instead of 1.8 at 100,000 rows).
-    size = min(query_block, n) * min(key_block, n)
-    product = torch.empty(size, dtype=low_dtype, device=dev)
-    widened = torch.empty(size, dtype=torch.float32, device=dev) if low_dtype != torch.float32 else product
-    above = torch.empty(size, dtype=torch.bool, device=dev)
+    tiles = _Tiles(low, groups[order], threshold - margin(precision, d), min(query_block, n) * min(key_block, n))
     with torch.inference_mode():
         for qs in range(0, n, query_block):
             qe = min(n, qs + query_block)
-            q = low[qs:qe]
             for ks in range(qs, n, key_block):
-                ke = min(n, ks + key_block)
-                shape = (qe - qs, ke - ks)
-                out = product[:shape[0] * shape[1]].view(shape)
-                torch.matmul(q, low[ks:ke].T, out=out)
-                tile = widened[:out.numel()].view(shape)
-                if tile.data_ptr() != out.data_ptr():
-                    tile.copy_(out)
-                if ks < qe:  # the tile crosses the diagonal: keep j > i only
-                    rows = torch.arange(qs, qe, device=dev)[:, None]
-                    cols = torch.arange(ks, ke, device=dev)[None, :]
-                    tile.masked_fill_(cols <= rows, -math.inf)
-                _update(best, best_at, tile, qs, ks)
-                for g in range(int(sorted_groups[qs]), int(sorted_groups[qe - 1]) + 1):
-                    if g not in bounds:
-                        continue
-                    ga, gb = bounds[g]
-                    ra, rb, ca, cb = max(ga, qs), min(gb, qe), max(ga, ks), min(gb, ke)
-                    if ra < rb and ca < cb:
-                        _update(same, same_at, tile[ra - qs:rb - qs, ca - ks:cb - ks], ra, ca)
-                flags = above[:tile.numel()].view(shape)
-                torch.ge(tile, cut, out=flags)
-                hit = flags.nonzero()
-                if len(hit):
-                    n_found += len(hit)
-                    if n_found > max_pairs:
-                        raise FeatcacheError(
-                            f"more than {max_pairs:,} pairs of images are at least {threshold:g} similar: the threshold is too "
-                            "low for these features; raise --threshold"
-                        )
-                    found_i.append((hit[:, 0] + qs).cpu().numpy())
-                    found_j.append((hit[:, 1] + ks).cpu().numpy())
+                tiles.add(qs, qe, ks, min(n, ks + key_block))
+                if tiles.n_found > max_pairs:
+                    raise FeatcacheError(
+                        f"more than {max_pairs:,} pairs of images are at least {threshold:g} similar: the threshold is too "
+                        "low for these features; raise --threshold"
+                    )
             if progress is not None:
                 progress.update(qe - qs)
+    return _neighbours(X, order, tiles, threshold, precision, dev)
 
-    inverse = order  # sorted position -> original row
-    i = inverse[np.concatenate(found_i)] if found_i else np.empty(0, dtype=np.int64)
-    j = inverse[np.concatenate(found_j)] if found_j else np.empty(0, dtype=np.int64)
+
+class _Tiles:
+    """The blocked all-pairs pass over the group-sorted rows: each row's most similar row overall and in its
+    own group, and every pair at or above the (rounding-safe) cut. One set of tile buffers for the whole
+    search: allocating ~100 MB per tile made the C library's per-thread arenas hold on to freed tiles
+    (peak RSS 4.6 GB instead of 1.8 at 100,000 rows)."""
+
+    def __init__(self, low: torch.Tensor, sorted_groups: np.ndarray, cut: float, size: int):
+        n, dev = len(low), low.device
+        self.low, self.sorted_groups, self.cut = low, sorted_groups, cut
+        self.bounds = {int(g): (int(a), int(b)) for g, a, b in zip(*_runs(sorted_groups))}
+        self.best = torch.full((n,), -math.inf, device=dev)
+        self.best_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        self.same = torch.full((n,), -math.inf, device=dev)
+        self.same_at = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        self.found_i: list[np.ndarray] = []
+        self.found_j: list[np.ndarray] = []
+        self.n_found = 0
+        self.product = torch.empty(size, dtype=low.dtype, device=dev)
+        self.widened = torch.empty(size, dtype=torch.float32, device=dev) if low.dtype != torch.float32 else self.product
+        self.above = torch.empty(size, dtype=torch.bool, device=dev)
+
+    def add(self, qs: int, qe: int, ks: int, ke: int) -> None:
+        """Rows qs:qe against rows ks:ke (ks >= qs: each pair once)."""
+        shape = (qe - qs, ke - ks)
+        out = self.product[:shape[0] * shape[1]].view(shape)
+        torch.matmul(self.low[qs:qe], self.low[ks:ke].T, out=out)
+        tile = self.widened[:out.numel()].view(shape)
+        if tile.data_ptr() != out.data_ptr():
+            tile.copy_(out)
+        if ks < qe:  # the tile crosses the diagonal: keep j > i only
+            dev = tile.device
+            tile.masked_fill_(torch.arange(ks, ke, device=dev)[None, :] <= torch.arange(qs, qe, device=dev)[:, None], -math.inf)
+        _update(self.best, self.best_at, tile, qs, ks)
+        for g in range(int(self.sorted_groups[qs]), int(self.sorted_groups[qe - 1]) + 1):
+            if g not in self.bounds:
+                continue
+            ga, gb = self.bounds[g]
+            ra, rb, ca, cb = max(ga, qs), min(gb, qe), max(ga, ks), min(gb, ke)
+            if ra < rb and ca < cb:
+                _update(self.same, self.same_at, tile[ra - qs:rb - qs, ca - ks:cb - ks], ra, ca)
+        flags = self.above[:tile.numel()].view(shape)
+        torch.ge(tile, self.cut, out=flags)
+        hit = flags.nonzero()
+        if len(hit):
+            self.n_found += len(hit)
+            self.found_i.append((hit[:, 0] + qs).cpu().numpy())
+            self.found_j.append((hit[:, 1] + ks).cpu().numpy())
+
+
+def _neighbours(X: np.ndarray, order: np.ndarray, tiles: _Tiles, threshold: float, precision: str, dev) -> Neighbours:
+    """The candidates checked in float32 exactly, and everything mapped back from sorted to original rows."""
+    i = order[np.concatenate(tiles.found_i)] if tiles.found_i else np.empty(0, dtype=np.int64)
+    j = order[np.concatenate(tiles.found_j)] if tiles.found_j else np.empty(0, dtype=np.int64)
     candidates = len(i)
     sim = exact_similarity(X, i, j)
     keep = sim >= threshold
@@ -176,12 +184,12 @@ def search(X: np.ndarray, groups: np.ndarray | None, threshold: float, device: s
     def back(at: torch.Tensor) -> np.ndarray:
         """Nearest rows as original indices, aligned with original rows."""
         sorted_at = at.cpu().numpy()
-        out = np.full(n, -1, dtype=np.int64)
+        out = np.full(len(X), -1, dtype=np.int64)
         ok = sorted_at >= 0
         out[order[ok]] = order[sorted_at[ok]]
         return out
 
-    nearest, nearest_same = back(best_at), back(same_at)
+    nearest, nearest_same = back(tiles.best_at), back(tiles.same_at)
     return Neighbours(
         pairs=pairs[rank], similarity=sim[rank], nearest=nearest, nearest_similarity=_exact_or_inf(X, nearest),
         nearest_same=nearest_same, nearest_same_similarity=_exact_or_inf(X, nearest_same), precision=precision,
@@ -201,8 +209,6 @@ def _runs(values: np.ndarray):
 def _update(best, best_at, tile, row0: int, col0: int) -> None:
     """Fold a tile (rows row0.., columns col0..) into the running per-row maxima, both ways: the
     tile holds the pair (i, j) once, and it is a neighbour of both."""
-    import torch
-
     if tile.numel() == 0:
         return
     value, at = tile.max(dim=1)

@@ -153,7 +153,7 @@ class EfficientNetLite(TimmFamily):
         return self.variant.preprocess
 
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
-        import timm
+        import timm  # timm: loaded on first use (a second or so)
 
         return timm.create_model(self.variant.timm_arch, pretrained=False)
 

@@ -8,6 +8,7 @@ what lets a cache hit skip the model entirely.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import warnings
 import weakref
@@ -15,6 +16,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torchvision.models import feature_extraction as tv_feature_extraction
 
 from featcache.backbones.spec import Tokens
 from featcache.config.choices import POOLS, one_of
@@ -64,7 +66,6 @@ def check_layer(layer: str, nodes: list[str], model_name: str) -> None:
     prefixes = {".".join(n.split(".")[:k]) for n in nodes for k in range(1, n.count(".") + 2)}
     if layer in prefixes:
         return
-    import difflib
 
     close = difflib.get_close_matches(layer, sorted(prefixes), n=3, cutoff=0.4)
     hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -165,21 +166,21 @@ def fx_nodes(model: nn.Module, tracer: str) -> list[str]:
     which keeps timm's leaf modules whole), traced once per model (each trace is a train and an eval pass)."""
     if model not in _NODES:
         if tracer == "timm":
-            from timm.models import get_graph_node_names
+            from timm.models import get_graph_node_names as node_names  # timm: imported where a timm model is traced
         else:
-            from torchvision.models.feature_extraction import get_graph_node_names
+            node_names = tv_feature_extraction.get_graph_node_names
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _NODES[model] = get_graph_node_names(model)[1]
+            _NODES[model] = node_names(model)[1]
     return _NODES[model]
 
 
 def fx_cut(model: nn.Module, layer: str, tracer: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
     """``model`` cut at the graph node (or module) ``layer``: the body and the module holding its parameters."""
     if tracer == "timm":
-        from timm.models import create_feature_extractor
+        from timm.models import create_feature_extractor  # timm: imported where a timm model is cut
     else:
-        from torchvision.models.feature_extraction import create_feature_extractor
+        create_feature_extractor = tv_feature_extraction.create_feature_extractor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         extractor = create_feature_extractor(model, return_nodes=[layer])

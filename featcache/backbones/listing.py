@@ -19,9 +19,10 @@ from featcache.backbones import ModelInfo
 from featcache.core import progress
 from featcache.core.files import write_json
 from featcache.core.paths import user_cache_dir
-from featcache.store.fingerprint import KEY_VERSION
 
-MEMO_VERSION = 2  # 2: timm token models default to pre_logits; OpenCLIP rows
+# Bump when a description changes for the same library versions (2: timm token models default to pre_logits;
+# OpenCLIP rows; 3: no longer keyed by the feature-set key version, which says nothing about descriptions).
+MEMO_VERSION = 3
 DESCRIBE_SECONDS = 30.0
 
 
@@ -30,8 +31,7 @@ def _memo_path() -> Path:
         open_clip = version("open_clip_torch")
     except PackageNotFoundError:
         open_clip = "none"
-    return user_cache_dir() / (f"models-v{MEMO_VERSION}-tv{version('torchvision')}-timm{version('timm')}-oc{open_clip}"
-                               f"-k{KEY_VERSION}.json")
+    return user_cache_dir() / (f"models-v{MEMO_VERSION}-tv{version('torchvision')}-timm{version('timm')}-oc{open_clip}.json")
 
 
 def list_models(pattern: str | None = None, budget_s: float = DESCRIBE_SECONDS, progress_bar: bool = True) -> list[ModelInfo]:

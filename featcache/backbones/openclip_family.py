@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 
@@ -37,7 +38,7 @@ def open_clip():
     TOKENIZERS_PARALLELISM in the process environment (its tokenizer module does): put back as it was."""
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     try:
-        import open_clip as module
+        import open_clip as module  # open_clip: the optional [clip] extra
     except ImportError as err:
         raise ModelError(f"openclip: models need the optional package open_clip_torch ({err.msg}): {INSTALL}") from None
     finally:
@@ -127,7 +128,7 @@ class OpenClipFamily(Family):
         """OpenCLIP's preprocessing for the tag (pretrained: the weights' tag; otherwise the tag in the name, if
         any), at the tower's input size, as ``create_model`` sets it and ``image_transform`` applies it."""
         oc = open_clip()
-        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict  # open_clip: the optional [clip] extra
 
         name, tag = split(weights.name if weights.kind == "pretrained" else arch)
         model_cfg = oc.get_model_config(name) or {}
@@ -206,8 +207,6 @@ class OpenClipFamily(Family):
 def _check_text_tower(name: str) -> None:
     """OpenCLIP builds the whole model before featcache keeps its image tower: a text tower taken from Hugging Face
     transformers needs that package (its weights, too, come with the checkpoint)."""
-    import importlib.util
-
     hf_text = (open_clip().get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
     if hf_text and importlib.util.find_spec("transformers") is None:
         raise ModelError(f"OpenCLIP builds {name} with the text tower {hf_text} from Hugging Face transformers, which is "

@@ -37,22 +37,22 @@ class TimmFamily(Family):
 
     @functools.cache
     def archs(self) -> list[str]:
-        import timm
+        import timm  # timm: loaded on first use (a second or so)
 
         return sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
 
     def has(self, arch: str) -> bool:
-        import timm
+        import timm  # timm: loaded on first use (a second or so)
 
         return timm.models.is_model(arch.split(".")[0])
 
     def _cfg(self, name: str):
-        from timm.models import get_pretrained_cfg
+        from timm.models import get_pretrained_cfg  # timm: loaded on first use (a second or so)
 
         try:
             cfg = get_pretrained_cfg(name)
         except RuntimeError as err:  # timm: "Invalid pretrained tag (x) for arch."
-            import timm
+            import timm  # timm: loaded on first use (a second or so)
 
             base, _, tag = name.partition(".")
             tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{base}.*")]
@@ -76,7 +76,7 @@ class TimmFamily(Family):
 
     def preprocess(self, arch: str, weights: Weights) -> Preprocess:
         """The weights' own input contract, as timm's resolver reads it from their pretrained config."""
-        from timm.data import resolve_data_config
+        from timm.data import resolve_data_config  # timm: loaded on first use (a second or so)
 
         try:
             cfg = self._cfg(self.architecture(arch, weights))
@@ -85,12 +85,12 @@ class TimmFamily(Family):
         return preprocess_of(resolve_data_config(pretrained_cfg=cfg.to_dict()), arch)
 
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
-        import timm
+        import timm  # timm: loaded on first use (a second or so)
 
         return timm.create_model(arch, pretrained=False)
 
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
-        import timm
+        import timm  # timm: loaded on first use (a second or so)
 
         name = self.architecture(arch, weights)
         # Offline (declared, or the hub's name does not resolve): use only the local cache, at once,

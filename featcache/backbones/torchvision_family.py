@@ -8,7 +8,9 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 
+import torchvision
 from torch import nn
+from torchvision.models import VisionTransformer, get_model, get_model_weights, get_weight
 
 from featcache.backbones import graph
 from featcache.backbones import weights as w
@@ -29,13 +31,9 @@ class TorchvisionFamily(Family):
 
     @functools.cache
     def archs(self) -> list[str]:
-        import torchvision
-
         return sorted(torchvision.models.list_models(module=torchvision.models))
 
     def _enum(self, arch: str, choice: str):
-        from torchvision.models import get_model_weights, get_weight
-
         enum_cls = get_model_weights(arch)
         if choice.upper() == "DEFAULT":
             return enum_cls.DEFAULT
@@ -61,15 +59,11 @@ class TorchvisionFamily(Family):
         )
 
     def build_random(self, arch: str, image_size: int | None = None) -> nn.Module:
-        from torchvision.models import get_model
-
         # Vision transformers fix their input size at build time; convnets do not.
         extra = {"image_size": image_size} if image_size and arch.startswith("vit_") else {}
         return get_model(arch, weights=None, **extra)
 
     def build_pretrained(self, arch: str, weights: Weights) -> nn.Module:
-        from torchvision.models import get_model
-
         enum = self._enum(arch, weights.identity.split(":", 1)[1])
         filename = Path(enum.url).name
         cached = w.torch_hub_checkpoints() / filename
@@ -88,8 +82,6 @@ class TorchvisionFamily(Family):
             raise
 
     def tokens(self, model: nn.Module, size, model_name: str) -> Tokens | None:
-        from torchvision.models import VisionTransformer
-
         # torchvision's ViT: the class token, then the patches (its default cut is already the class token's embedding).
         if not isinstance(model, VisionTransformer):
             return None

@@ -6,10 +6,13 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import warnings
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from featcache.backbones.spec import Weights
@@ -56,8 +59,6 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     """Read a state dict without unpickling arbitrary objects (``weights_only=True`` or safetensors)."""
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -102,7 +103,7 @@ def torch_hub_checkpoints() -> Path:
 
 def hub_offline_message(what: str, repo_id: str, files: str, fetch: str) -> str:
     """Weights held in the Hugging Face cache (timm, OpenCLIP): name the cache entry, where it goes, and how to fill it."""
-    import huggingface_hub.constants as hub
+    import huggingface_hub.constants as hub  # huggingface_hub: timm's, loaded with it
 
     entry = Path(hub.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
     return (
@@ -122,7 +123,7 @@ def hub_repo(hub_id: str) -> str:
 def hub_offline(offline: bool):
     """Around a build that may download: huggingface_hub's offline flag set for this build only (the hub reads it on
     every request: no retries when there is no network), and its log lines and warnings kept quiet; all restored."""
-    import huggingface_hub.constants as hub
+    import huggingface_hub.constants as hub  # huggingface_hub: timm's, loaded with it
 
     quiet = logging.getLogger("huggingface_hub")
     level, before = quiet.level, hub.HF_HUB_OFFLINE
@@ -139,15 +140,12 @@ def hub_offline(offline: bool):
 
 def is_offline_error(err: BaseException) -> bool:
     """The weights file is not in the cache and the network cannot fetch it (here or in a cause)."""
-    import socket
-    from urllib.error import URLError
-
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled  # huggingface_hub: timm's, loaded with it
 
     kinds: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
                                               TimeoutError, socket.gaierror, URLError)
     try:
-        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import ConnectionError as RequestsConnectionError  # requests: huggingface_hub's, loaded with it
 
         kinds += (RequestsConnectionError,)
     except ImportError:

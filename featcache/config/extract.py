@@ -222,13 +222,6 @@ class ExtractConfig:
             parts += ["--cache-dir", shlex.quote(self.cache_dir)]
         return " ".join(parts)
 
-    @classmethod
-    def of_feature_set(cls, meta: dict) -> "ExtractConfig":
-        """The record a feature set was made with, from its attributes (older files stored fewer
-        keys; the data folder is the resolved one, so the record works from any directory)."""
-        stored = meta.get("extract_args") or {}
-        return replace(cls.from_dict(stored), data=meta.get("data_root") or stored.get("data", cls.data))
-
     @property
     def label(self) -> str:
         w = "" if self.weights.upper() == "DEFAULT" else f"@{self.weights}"

@@ -12,6 +12,8 @@ import logging
 import os
 import random
 
+from joblib import parallel_backend
+
 from featcache.core.errors import FeatcacheError
 
 INSTALL = "the Ray engine needs Ray: pip install 'featcache[ray]' (or pip install 'ray[data]')"
@@ -19,7 +21,7 @@ INSTALL = "the Ray engine needs Ray: pip install 'featcache[ray]' (or pip instal
 
 def _ray():
     try:  # Ray: an optional extra, imported on use
-        import ray
+        import ray  # Ray: the optional [ray] extra
         import ray.data  # noqa: F401
     except ImportError:
         raise FeatcacheError(INSTALL) from None
@@ -138,7 +140,6 @@ def _loggers_kept(*names: str):
 def joblib_backend(n_jobs: int):
     """Run joblib.Parallel calls (the grid search's candidates x folds) as Ray tasks."""
     with session(os.environ.get("RAY_ADDRESS")):
-        from joblib import parallel_backend
         from ray.util.joblib import register_ray  # Ray: an optional extra, imported on use
 
         register_ray()

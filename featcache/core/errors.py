@@ -42,9 +42,5 @@ class ImageDecodeError(FeatcacheError):
     """One image cannot be decoded; with ``--on-error fail`` this stops extraction."""
 
 
-class HeadError(FeatcacheError):
-    """Unknown head or parameter, or a head that cannot train on these features."""
-
-
 class RunError(FeatcacheError):
     """A run directory is missing, incomplete or has been altered since it was saved."""

@@ -1,12 +1,12 @@
 """Writing files so that a crash never leaves a complete-looking one, and hashing them.
 
-Every featcache file (staged batches, feature sets, run files, memo files) is written to a
-temporary name in the same folder and moved into place with ``os.replace``: readers see the old
-file or the new one, never half of one.
+Every file featcache writes (staged batches, feature sets, run records, reports, plots, thumbnails,
+CSV and JSON files, memo files) is written to a temporary name in the same folder and moved into
+place with ``os.replace``: readers see the old file or the new one, never half of one.
 
 Every folder featcache writes its outputs into (cache, runs, sweeps, audit and comparison folders)
 is made by ``output_dir``, which leaves a marker in it: a data folder may hold them (``extract
---data .`` run where ``fit`` writes ``runs/``), and ``manifest.scan`` must never read featcache's
+--data .`` run where ``fit`` writes ``runs/``), and ``scan.scan`` must never read featcache's
 own plots and thumbnails as images. ``output_kind`` recognises a folder by its marker, by the
 standard cache tag, or by the files older versions left in it before the marker existed.
 """

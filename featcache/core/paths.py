@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 CACHE_DIR_ENV = "FEATCACHE_CACHE_DIR"
@@ -39,8 +40,6 @@ def offline() -> bool:
 
 def resolvable(host: str) -> bool:
     """Whether ``host`` resolves: a cheap test for a machine with no network at all."""
-    import socket
-
     try:
         socket.getaddrinfo(host, 443)
         return True

@@ -42,10 +42,27 @@ def plain(img, p: Preprocess, interpolation) -> torch.Tensor:
     augmentation, what a feature set without views holds."""
     img = resized(img, p, interpolation)
     if p.crop_mode == "border":
-        img = center_crop_or_pad(img, list(p.crop_hw), fill=[round(255 * m) for m in p.mean])
+        img = _crop_or_pad(img, p.crop_hw, [round(255 * m) for m in p.mean])
     else:
         img = F.center_crop(img, list(p.crop_hw))
     return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
+
+
+def _crop_or_pad(img, crop_hw: tuple[int, int], fill: list[int]):
+    """timm's ``center_crop_or_pad``: the centre crop, padded with the mean colour where the image is smaller.
+    A tensor is padded here (torchvision pads tensors with one value only), with timm's offsets."""
+    if not isinstance(img, torch.Tensor):
+        return center_crop_or_pad(img, list(crop_hw), fill=fill)
+    (h, w), (H, W) = crop_hw, img.shape[-2:]
+    if h > H or w > W:
+        top, left = (h - H) // 2 if h > H else 0, (w - W) // 2 if w > W else 0
+        padded = torch.tensor(fill, dtype=img.dtype, device=img.device).view(-1, 1, 1).expand(img.shape[0], max(h, H), max(w, W))
+        padded = padded.clone()
+        padded[:, top:top + H, left:left + W] = img
+        img, (H, W) = padded, padded.shape[-2:]
+        if (H, W) == (h, w):
+            return img
+    return F.crop(img, int(round((H - h) / 2.0)), int(round((W - w) / 2.0)), h, w)
 
 
 def corners(img: Image.Image, p: Preprocess, interpolation) -> list[torch.Tensor]:

@@ -13,9 +13,14 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import h5py
 import numpy as np
+import PIL
+import torch
+import torchvision
 
 from featcache import backbones
 from featcache.backbones.spec import ExtractorSpec
@@ -28,7 +33,9 @@ from featcache.extraction import engine, jpeg, ray_engine
 from featcache.extraction.engine import Resolved, resolve
 from featcache.extraction.scan import SPLITS, hash_files, scan
 from featcache.store import cache, fingerprint
-from featcache.store.featureset import FORMAT_VERSION, FeatureSet, open_verified, write_isolated
+from featcache.store.featureset import FeatureSet, write_isolated
+from featcache.store.info import Extractor, FeatureSetInfo, Made, Shard
+from featcache.store.integrity import open_verified
 from featcache.store.manifest import Manifest
 from featcache.store.staging import Staging
 
@@ -83,6 +90,22 @@ class ExtractResult:
         if self.splits:
             text += "; splits: " + ", ".join(f"{name} {n}" for name, n in self.splits.items())
         return text
+
+    def notes(self, cfg: ExtractConfig) -> list[str]:
+        """What the user should know beside the summary (stderr): files skipped, ignored, not read, unlisted."""
+        out = []
+        if self.skipped:
+            out.append(f"skipped {len(self.skipped)} file(s):")
+            out += [f"  {printable(path)}: {printable(reason)}" for path, reason in self.skipped]
+        if self.ignored:
+            out.append(f"ignored {len(self.ignored)} non-image file(s), e.g. {printable(self.ignored[0])}")
+        if self.left_out:
+            out.append(f"{len(self.left_out)} item(s) under {printable(cfg.data)} not read:")
+            out += [f"  {printable(path)}: {printable(reason)}" for path, reason in self.left_out]
+        if self.unlisted:
+            out.append(f"left out {len(self.unlisted)} image(s) under {printable(cfg.data)} that {printable(str(cfg.labels))} "
+                       f"does not list, e.g. {printable(self.unlisted[0])} (add rows for them to include them)")
+        return out
 
     def to_dict(self) -> dict:
         return {
@@ -271,7 +294,7 @@ def with_content_hashes(plan: Plan, progress_bar: bool) -> Plan:
 
 def finalize(plan: Plan, staging: Staging, ran: Ran) -> None:
     """Assemble the staged rows into the feature-set file (atomically), then drop the staging."""
-    write_isolated(plan.final, _attrs(plan, ran), plan.manifest, staging, plan.spec.feature_shape, plan.config.dtype)
+    write_isolated(plan.final, _info(plan, ran).to_attrs(), plan.manifest, staging, plan.spec.feature_shape, plan.config.dtype)
     staging.remove()
 
 
@@ -342,71 +365,34 @@ def ensure_writable(root: Path) -> Path:
                       error=CacheError)
 
 
-def _attrs(plan: Plan, ran: Ran) -> dict:
-    import h5py
-    import PIL
-    import torch
-    import torchvision
-
+def _info(plan: Plan, ran: Ran) -> FeatureSetInfo:
+    """The feature set's record, as it will be written (the row counts and content hash are added then)."""
     b, cfg, s = plan.spec.backbone, plan.config, plan.settings
-    # The record as asked, with a local weights file and the labels file named by their resolved
-    # paths (``predict`` and the refresh command rebuild the extractor from it, from any directory).
-    stored = replace(cfg, weights=b.weights.path or cfg.weights, labels=plan.manifest.labels_file)
-    attrs = {
-        "format": FORMAT_VERSION,
-        "id": plan.id,
-        "config_id": fingerprint.config_id(plan.key),
-        "key": plan.key,
-        "model": b.name,
-        "family": b.family,
-        "arch": b.arch,
-        "weights": b.weights.identity,
-        "weights_kind": b.weights.kind,
-        "weights_path": b.weights.path or "",
-        "layer": plan.spec.layer,
-        "pool": plan.spec.pool,
-        "preprocess": b.preprocess.to_dict(),
-        "decode": plan.key["decode"],
-        "dtype": cfg.dtype,
-        "precision": s.precision,
-        "feature_shape": list(plan.spec.feature_shape),
-        "views": str(plan.views),
-        "n_views": plan.views.count,
-        "data_root": str(plan.manifest.root),
-        "manifest_sha256": plan.manifest.sha256,
-        "n_entries": len(plan.manifest),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": str(s.device),
-        "batch_size": s.batch_size,
-        "streams": s.streams,
-        # What ran, not what was asked: a compile that failed and fell back to eager is not "compiled".
-        "compiled": bool(ran.compiled),
-        "extract_seconds": round(ran.seconds, 3),
-        "images_per_second": round(ran.extracted / ran.seconds, 2) if ran.extracted and ran.seconds > 0 else 0.0,
-        "versions": {
-            "featcache": _version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "timm": _version("timm"),
-            "h5py": h5py.__version__,
-            "numpy": np.__version__,
-            "pillow": PIL.__version__,
-            "python": platform.python_version(),
-        },
-        "extract_args": stored.to_dict(),
-    }
+    versions = {"featcache": _version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "timm": _version("timm"), "h5py": h5py.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
+                "python": platform.python_version()}
     if b.family == "openclip":
-        attrs["versions"]["open_clip"] = _version("open_clip_torch")
-    if ran.compile_error:
-        attrs["compile_error"] = ran.compile_error
-    if cfg.shard:
-        attrs.update(shard_index=cfg.shard[0], shard_count=cfg.shard[1], shard_start=plan.entries[0], shard_stop=plan.entries[1])
-    return attrs
+        versions["open_clip"] = _version("open_clip_torch")
+    return FeatureSetInfo(
+        id=plan.id, config_id=fingerprint.config_id(plan.key), key=plan.key,
+        extractor=Extractor(model=b.name, family=b.family, arch=b.arch, weights=b.weights.identity, weights_kind=b.weights.kind,
+                            weights_path=b.weights.path or "", layer=plan.spec.layer, pool=plan.spec.pool,
+                            preprocess=b.preprocess, feature_shape=tuple(plan.spec.feature_shape)),
+        decode=cfg.decoding(), dtype=cfg.dtype, precision=s.precision, views=plan.views,
+        # The record as asked, with a local weights file and the labels file named by their resolved
+        # paths (``predict`` and the refresh command rebuild the extractor from it, from any directory).
+        config=replace(cfg, weights=b.weights.path or cfg.weights, labels=plan.manifest.labels_file),
+        data_root=str(plan.manifest.root), manifest_sha256=plan.manifest.sha256, n_entries=len(plan.manifest),
+        # What ran, not what was asked: a compile that failed and fell back to eager is not "compiled".
+        made=Made(created=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=str(s.device),
+                  batch_size=s.batch_size, streams=s.streams, compiled=bool(ran.compiled), compile_error=ran.compile_error,
+                  extract_seconds=round(ran.seconds, 3), versions=versions,
+                  images_per_second=round(ran.extracted / ran.seconds, 2) if ran.extracted and ran.seconds > 0 else 0.0),
+        shard=Shard(cfg.shard[0], cfg.shard[1], *plan.entries) if cfg.shard else None,
+    )
 
 
 def _version(dist: str = "featcache") -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:

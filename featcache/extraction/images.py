@@ -7,6 +7,7 @@ thumbnails): EXIF orientation applied first, alpha composited over white, 16-bit
 
 from __future__ import annotations
 
+import re
 import warnings
 from contextlib import contextmanager
 
@@ -80,7 +81,5 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _pixels(err: Exception) -> str:
-    import re
-
     match = re.search(r"\((\d+) pixels\)", str(err))
     return f"{int(match[1]):,} pixels" if match else "too many pixels"

@@ -27,7 +27,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
 
 from featcache.backbones.spec import Preprocess
 from featcache.config.decode import Decode
@@ -139,8 +142,6 @@ class DeviceDecoder:
     """``JpegBatch`` -> uint8 (n, 3, crop, crop) on ``device``, plus the rows that could not be used."""
 
     def __init__(self, preprocess: Preprocess, device: torch.device):
-        from torchvision.transforms import InterpolationMode
-
         self.preprocess, self.device = preprocess, device
         self.interpolation = InterpolationMode(preprocess.interpolation)
         self.fallback = Transform(preprocess, Decode(draft=False))
@@ -193,8 +194,6 @@ def decode_many(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.T
 
 
 def _decode_jpeg(data, device: torch.device):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     with warnings.catch_warnings():  # torchvision >= 0.29 deprecates its decoders in favour of TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
@@ -202,8 +201,6 @@ def _decode_jpeg(data, device: torch.device):
 
 def check_available(device: torch.device) -> None:
     """Fail at once, in one line, where torchvision cannot decode JPEGs on ``device``."""
-    import torchvision
-
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "JPEG")
     probe = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)

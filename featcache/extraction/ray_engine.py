@@ -13,6 +13,7 @@ import logging
 import warnings
 
 import numpy as np
+import torch
 
 from featcache.core.cluster import session
 from featcache.extraction.decode import Transform, crop_or_reason
@@ -57,8 +58,6 @@ class _Backbone:
     """Ray Data actor: one backbone replica; uint8 crops -> stored-dtype features."""
 
     def __init__(self, spec, device: str, precision: str, channels_last: bool, dtype: str):
-        import torch
-
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
@@ -66,8 +65,6 @@ class _Backbone:
         self.dtype = dtype
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         pixels = batch["pixels"]

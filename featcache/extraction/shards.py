@@ -8,6 +8,7 @@ id, same row order, same content hash when the features agree).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,8 @@ from featcache.core import paths
 from featcache.core.errors import CacheError
 from featcache.extraction.extract import ExtractResult, read_from
 from featcache.store import cache
-from featcache.store.featureset import FeatureSet, check, write_isolated
-
-_SHARD_ATTRS = ("shard_index", "shard_count", "shard_start", "shard_stop")
+from featcache.store.featureset import FeatureSet, write_isolated
+from featcache.store.integrity import check
 
 
 class ShardRows:
@@ -62,16 +62,16 @@ def merge(ref: str, cache_dir=None, progress_bar: bool = True, keep_shards: bool
     try:
         for s in shards:
             check(s)  # the merged file gets a fresh hash: an altered shard must not pass into it
-        shards.sort(key=lambda s: s.meta["shard_index"])
+        shards.sort(key=lambda s: s.info.shard.index)
         check_consistent(fsid, shards)
         first = shards[0]
-        attrs = {k: v for k, v in first.meta.items() if k not in _SHARD_ATTRS + ("content_sha256", "n_rows", "n_skipped", "complete")}
-        attrs["extract_seconds"] = round(sum(s.meta.get("extract_seconds", 0) for s in shards), 3)
-        attrs["merged_from"] = len(shards)
+        seconds = round(sum(s.info.made.extract_seconds for s in shards), 3)
+        info = replace(first.info, shard=None, merged_from=len(shards), made=replace(first.info.made, extract_seconds=seconds),
+                       n_rows=None, n_skipped=None, content_sha256=None)
         manifest = first.manifest()
         manifest.content_hashes = merged_hashes([s.manifest() for s in shards])
         with cache.lock(root, fsid, -1, progress_bar):
-            write_isolated(final, attrs, manifest, ShardRows(shards), first.feature_shape, first.meta["dtype"])
+            write_isolated(final, info.to_attrs(), manifest, ShardRows(shards), first.feature_shape, first.info.dtype)
     finally:
         for s in shards:
             s.close()
@@ -92,25 +92,25 @@ def merged_hashes(manifests: list) -> list[str] | None:
 
 
 def check_consistent(fsid: str, shards: list[FeatureSet]) -> None:
-    counts = {s.meta["shard_count"] for s in shards}
+    counts = {s.info.shard.count for s in shards}
     if len(counts) != 1:
         raise CacheError(f"shards of {fsid} disagree on N ({sorted(counts)}): re-extract them with one --shard I/N scheme")
     n = counts.pop()
-    have = [s.meta["shard_index"] for s in shards]
+    have = [s.info.shard.index for s in shards]
     missing = sorted(set(range(n)) - set(have))
     if missing:
         listed = ", ".join(f"{i}/{n}" for i in missing)
         raise CacheError(f"cannot merge feature set {fsid}: missing shard(s) {listed}; run `featcache extract ... --shard I/N` for each")
-    first = shards[0].meta
+    first = shards[0].info
     for s in shards[1:]:
         for key in ("id", "key", "manifest_sha256", "dtype", "feature_shape"):
-            if s.meta.get(key) != first.get(key):
+            if getattr(s.info, key) != getattr(first, key):
                 raise CacheError(
-                    f"shard {s.meta['shard_index']}/{n} of {fsid} differs from shard 0 in {key}: re-extract it with the same data and options"
+                    f"shard {s.info.shard.index}/{n} of {fsid} differs from shard 0 in {key}: re-extract it with the same data and options"
                 )
-    bounds = [(s.meta["shard_start"], s.meta["shard_stop"]) for s in shards]
+    bounds = [(s.info.shard.start, s.info.shard.stop) for s in shards]
     tiled = all(prev[1] == cur[0] for prev, cur in zip(bounds, bounds[1:]))
-    if bounds[0][0] != 0 or bounds[-1][1] != first["n_entries"] or not tiled:
+    if bounds[0][0] != 0 or bounds[-1][1] != first.n_entries or not tiled:
         raise CacheError(f"shards of {fsid} do not tile the manifest: re-extract them with one --shard I/N scheme")
     if any(not in_order(s.index, s.view) for s in shards):
         raise CacheError(f"a shard of {fsid} has rows out of order: re-extract it")

@@ -8,6 +8,7 @@ benches) without touching a run directory.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from classifiers import scores
 from classifiers.base import proba_from_decision
@@ -67,8 +68,6 @@ def score_test(estimator, X_test: np.ndarray, y_test: np.ndarray, class_names: l
     With ``n_views`` > 1 the rows come whole images at a time (views in order) and each image is
     scored once, by ``aggregate`` (``views_at_test``: mean over its views, or view 0 only).
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
     if not len(X_test):
         empty = TestScores(n=0, accuracy=float("nan"), per_class={}, confusion_matrix=[])
         return empty, np.array([], dtype=int), np.array([])

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import PCA
 
 from featcache.core.errors import RunError
 from featcache.core.files import read_csv, write_csv
@@ -32,8 +33,6 @@ MAX_EXCLUDED_LISTED = 50
 def write_map(path: Path, X: np.ndarray, paths: list[str], labels: np.ndarray, class_names: list[str],
               test_rows: np.ndarray, cv_rows: np.ndarray, predicted: dict[int, str], seed: int = 0) -> Path | None:
     """2-D PCA coordinates of the rows the run used (``map.csv``); None if there are fewer than 3."""
-    from sklearn.decomposition import PCA
-
 
     used = np.concatenate([cv_rows, test_rows])
     if len(used) < 3:
@@ -109,7 +108,7 @@ def plot_map(rows: list[dict], class_names: list[str], explained: tuple[float, f
 
 
 def _colours(n: int) -> list:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib: loaded when a plot is drawn
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(k % cmap.N) for k in range(n)]
@@ -133,9 +132,9 @@ def blocks(run) -> list:
     if not wrong:
         out.append(("p", f"All {m.test.n} test images were classified correctly." if m.test.n else "There were no test images."))
     else:
-        thumbs = Thumbnails(p.features.get("data_root"), run.path)
+        thumbs = Thumbnails(p.features.data_root, run.path)
         if not thumbs.available:
-            out.append(("p", f"The images are not in {p.features.get('data_root')} any more: only thumbnails made earlier are shown."))
+            out.append(("p", f"The images are not in {p.features.data_root} any more: only thumbnails made earlier are shown."))
         shown = wrong[:MAX_MISCLASSIFIED]
         text = "Most confident mistakes first"
         if len(wrong) > len(shown):

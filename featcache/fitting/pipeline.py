@@ -7,6 +7,8 @@ what was written (the content hash).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -15,25 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import ParamError, get_head
-from featcache.config.choices import AT_TEST
-from featcache.config.extract import ExtractConfig
+from featcache.config.fit import FitConfig
 from featcache.core import paths, progress
 from featcache.core.errors import CacheError, DataError, FeatcacheError
 from featcache.core.files import from_cell, output_dir, sha256_file, writable_dir
 from featcache.extraction.scan import scan
-from featcache.fitting import runs
+from featcache.fitting import report, runs
 from featcache.fitting.evaluation import ImageScorer, edge_params, score_test, view_accuracies
 from featcache.fitting.gallery import MAP_FILE, write_map
 from featcache.fitting.params import check_grid, resolve_grid
 from featcache.fitting.search import grid_search
-from featcache.fitting.splits import check_split_options, make_split
+from featcache.fitting.splits import make_split
 from featcache.store import cache as cache_mod
-from featcache.store.featureset import FeatureSet, check
+from featcache.store.featureset import FeatureSet
+from featcache.store.info import FeatureSetInfo
+from featcache.store.integrity import check
 from featcache.store.manifest import diff
 
 # LinearSVC's customary 10 folds; every other head defaults to 5 (each fold is a full training).
-DEFAULT_CV = {"svm": 10}
-BACKENDS = ("local", "ray")
 RUNS_DIR_FIX = f"choose another with --runs-dir (or {paths.RUNS_DIR_ENV}), or make it writable"
 
 
@@ -44,7 +45,7 @@ class LoadedFeatures:
     paths: list[str]
     class_names: list[str]
     manifest: tuple[list[str], np.ndarray, list[str]]
-    meta: dict
+    info: FeatureSetInfo
     path: Path
     views: np.ndarray | None = None  # each row's view number (0 = the plain crop); None: no views
     n_views: int = 1  # rows per image
@@ -56,9 +57,8 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
     path = cache_mod.latest(root) if ref is None else cache_mod.find(ref, root)
     with FeatureSet(path) as fs:
         if ref is None:
-            m = fs.meta
-            progress.say(f"using feature set {fs.id} ({m['model']} {m['layer']} pool={m['pool']}, {len(fs)} rows, "
-                         f"created {m['created']}), the most recent in {root}", say)
+            progress.say(f"using feature set {fs.id} ({fs.info.extractor.label}, {len(fs)} rows, "
+                         f"created {fs.info.made.created}), the most recent in {root}", say)
         raw = fs.load()
         check(fs, raw)  # hashes the rows just read (or finds this file state already verified)
         check_fresh(fs, allow_stale, say)
@@ -67,7 +67,7 @@ def load_features(ref=None, cache_dir=None, allow_stale: bool = False, say: bool
         return LoadedFeatures(
             X=raw.astype(np.float32, copy=False), y=labels.astype(np.int64), paths=fs.paths,
             class_names=fs.class_names, manifest=(manifest.paths, manifest.labels, manifest.splits),
-            meta=fs.meta, path=path, views=fs.view if fs.n_views > 1 else None, n_views=fs.n_views,
+            info=fs.info, path=path, views=fs.view if fs.n_views > 1 else None, n_views=fs.n_views,
         )
 
 
@@ -75,9 +75,6 @@ def read_exclusions(source, manifest_paths: list[str], data_root: str | None) ->
     """The files named by ``source`` (a path list file, a CSV with a ``path`` column such as a filtered
     ``audit.csv``, or a list of paths), as paths of the feature set's manifest. A name that is not a
     file of the feature set is an error, not silently ignored."""
-    import csv
-    import io
-
     if isinstance(source, (str, os.PathLike)):
         where = Path(source)
         try:
@@ -117,18 +114,13 @@ def read_exclusions(source, manifest_paths: list[str], data_root: str | None) ->
     return sorted(set(out))
 
 
-def refresh_command(meta: dict) -> str:
-    """The command that updates this feature set in place: every setting that enters its id, as
-    recorded (with the precision it was actually made with), so only new or changed files run."""
-    return ExtractConfig.of_feature_set(meta).command(precision=meta.get("precision"))
-
-
 def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
-    root = Path(fs.meta.get("data_root", ""))
+    info = fs.info
+    root = Path(info.data_root)
     if not root.is_dir():
         progress.say(f"note: data folder {root} of feature set {fs.id} is not here; cannot check it for changes", say)
         return
-    labels = (fs.meta.get("extract_args") or {}).get("labels")
+    labels = info.labels_file
     try:
         current = scan(root, labels)
         changes = diff(fs.manifest_signatures(), current)
@@ -136,12 +128,12 @@ def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
         changes, reason = True, str(err)
     else:
         reason = f"{changes.summary()} under {root} since extraction" if changes else ""
-        if not changes and labels and current.sha256 != fs.meta.get("manifest_sha256"):
+        if not changes and labels and current.sha256 != info.manifest_sha256:
             changes, reason = True, f"the labels in {labels} changed since extraction"
     if not changes:
         return
     message = (
-        f"feature set {fs.id} is stale ({reason}): refresh it with `{refresh_command(fs.meta)}` "
+        f"feature set {fs.id} is stale ({reason}): refresh it with `{info.refresh_command()}` "
         "(only new or changed files are extracted), or pass --allow-stale to fit on it as it is"
     )
     if not allow_stale:
@@ -149,77 +141,48 @@ def check_fresh(fs: FeatureSet, allow_stale: bool, say: bool) -> None:
     progress.say(f"warning: {message}", say)
 
 
-def fit(
-    head: str = "svm",
-    features: str | os.PathLike | None = None,
-    params: dict[str, list] | None = None,
-    cv: int | None = None,
-    test_size: float = 0.2,
-    seed: int = 0,
-    n_jobs: int = 1,
-    backend: str = "local",
-    cache_dir=None,
-    runs_dir=None,
-    run_dir: str | os.PathLike | None = None,
-    allow_stale: bool = False,
-    progress_bar: bool = True,
-    head_params: dict | None = None,
-    loaded: LoadedFeatures | None = None,
-    exclude=None,
-    views_at_test: str = "mean",
-):
-    """Grid-search ``head`` on a feature set, refit the best, score the test split once, save a run.
+def fit(config: FitConfig | str | None = None, /, *, progress_bar: bool = True, loaded: LoadedFeatures | None = None,
+        **settings):
+    """Grid-search a head on a feature set, refit the best, score the test split once, save a run.
 
-    ``params``: the grid to search (None: the head's default grid, less the names in ``head_params``);
-    ``head_params``: fixed values (``--set``), never also searched. A refit with NaN or inf weights
-    is refused before the run folder is made.
-
-    ``exclude``: a file listing paths (or a CSV with a ``path`` column, e.g. a filtered ``audit.csv``),
-    or a list of paths: those files leave training and test; the run records which.
-    On a feature set with augmented views every view of a training image trains the head, and each
-    CV fold and the test set are scored per image: ``views_at_test="mean"`` averages the head's
-    probabilities (or decision values) over the image's views, ``"first"`` uses view 0 (the plain
-    crop) only. The run records the test accuracy both ways.
+    ``fit(head="svm", features=..., ...)`` or ``fit(FitConfig(...))``: the settings are the fields of
+    ``FitConfig`` (see there, or ``featcache fit --help``). ``loaded``: the feature set already read
+    (a sweep fits several heads on one). A refit with NaN or inf weights is refused before the run
+    folder is made. On a feature set with augmented views every view of a training image trains the
+    head, and each CV fold and the test set are scored per image (``views_at_test``); the run records
+    the test accuracy both ways.
     """
-    if views_at_test not in AT_TEST:
-        raise FeatcacheError(f"unknown --views-at-test {views_at_test!r}: use mean or first")
-    head_cls = get_head(head)
-    grid, fixed = resolve_grid(head_cls, params, head_params)
+    cfg = FitConfig.make(config, **settings)
+    head_cls = get_head(cfg.head)
+    grid, fixed = resolve_grid(head_cls, cfg.params, cfg.head_params)
     if "random_state" in head_cls._param_rules and "random_state" not in fixed and "random_state" not in grid:
-        fixed["random_state"] = seed  # --seed seeds the head too (the svm's dual solver, the MLP's init)
+        fixed["random_state"] = cfg.seed  # --seed seeds the head too (the svm's dual solver, the MLP's init)
     check_grid(head_cls, {**{k: [v] for k, v in fixed.items()}, **grid})
-    if backend not in BACKENDS:
-        raise FeatcacheError(f"unknown backend {backend!r}: use local or ray")
-    if n_jobs == 0 or n_jobs < -1:
-        raise FeatcacheError(f"--n-jobs {n_jobs}: use a positive number, or -1 for all cores")
-    check_split_options(cv, test_size)
-    cv = DEFAULT_CV.get(head, 5) if cv is None else cv
-    if run_dir is None:  # before the search, not after it
-        writable_dir(paths.runs_dir(runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
-    data = loaded or load_features(features, cache_dir, allow_stale, progress_bar)
+    if cfg.run_dir is None:  # before the search, not after it
+        writable_dir(paths.runs_dir(cfg.runs_dir), "runs dir", RUNS_DIR_FIX, create=False)
+    data = loaded or load_features(cfg.features, cfg.cache_dir, cfg.allow_stale, progress_bar)
     if not data.class_names:
-        raise DataError(f"feature set {data.meta['id']} has no labels (its folder has no class subfolders): fit needs them; "
+        raise DataError(f"feature set {data.info.id} has no labels (its folder has no class subfolders): fit needs them; "
                         "extract a folder with one subfolder per class, or pass --labels FILE.csv to extract "
                         "(`featcache audit` and `featcache predict` work on it as it is)")
-    excluded = read_exclusions(exclude, data.manifest[0], data.meta.get("data_root")) if exclude is not None else []
-    split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=test_size, seed=seed, cv=cv,
-                       exclude=frozenset(excluded), row_views=data.views)
+    excluded = read_exclusions(cfg.exclude, data.manifest[0], data.info.data_root or None) if cfg.exclude is not None else []
+    split = make_split(*data.manifest, data.paths, data.y, data.class_names, test_size=cfg.test_size, seed=cfg.seed,
+                       cv=cfg.folds, exclude=frozenset(excluded), row_views=data.views)
     estimator = head_cls(**fixed)
     X_cv, y_cv = data.X[split.cv_rows], data.y[split.cv_rows]
-    scoring = ImageScorer(data.n_views, views_at_test) if data.n_views > 1 else None
+    scoring = ImageScorer(data.n_views, cfg.views_at_test) if data.n_views > 1 else None
     started = time.perf_counter()
     try:
-        result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=n_jobs, backend=backend, progress_bar=progress_bar,
-                             scoring=scoring)
+        result = grid_search(estimator, grid, X_cv, y_cv, split.folds, n_jobs=cfg.n_jobs, backend=cfg.backend,
+                             progress_bar=progress_bar, scoring=scoring)
     except ValueError as err:
         if isinstance(err, ParamError):
             raise
-        raise FeatcacheError(f"the {head} head cannot train on feature set {data.meta['id']}: {err}") from err
+        raise FeatcacheError(f"the {cfg.head} head cannot train on feature set {data.info.id}: {err}") from err
     search_seconds = time.perf_counter() - started
-    _check_finite(head, result.best_estimator, {**fixed, **result.best_params})
-    exclusions = _exclusions(exclude, excluded, split) if exclude is not None else None
-    return _save(head, grid, fixed, result, split, data, search_seconds, n_jobs, backend, runs_dir, run_dir, exclusions,
-                 views_at_test)
+    _check_finite(cfg.head, result.best_estimator, {**fixed, **result.best_params})
+    exclusions = _exclusions(cfg.exclude, excluded, split) if cfg.exclude is not None else None
+    return _save(cfg, grid, fixed, result, split, data, search_seconds, exclusions)
 
 
 def _check_finite(head: str, estimator, params: dict) -> None:
@@ -241,22 +204,21 @@ def _exclusions(source, paths: list[str], split) -> dict:
     return record
 
 
-def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds, n_jobs, backend, runs_dir, run_dir,
-          exclusions=None, views_at_test="mean"):
+def _save(cfg: FitConfig, grid, fixed, result, split, data: LoadedFeatures, search_seconds, exclusions=None):
     """Score the test split once (per image), then write the run."""
     estimator, names, n_views = result.best_estimator, data.class_names, data.n_views
     X_test, y_test = data.X[split.test_rows], data.y[split.test_rows]
-    test, predicted, confidence = score_test(estimator, X_test, y_test, names, n_views, views_at_test)
+    test, predicted, confidence = score_test(estimator, X_test, y_test, names, n_views, cfg.views_at_test)
     views = None
     if n_views > 1:
-        views = {"recipe": data.meta.get("views"), "n": n_views, "at_test": views_at_test,
-                 "test_accuracy": view_accuracies(estimator, X_test, y_test, n_views, {views_at_test: test.accuracy})}
+        views = {"recipe": str(data.info.views), "n": n_views, "at_test": cfg.views_at_test,
+                 "test_accuracy": view_accuracies(estimator, X_test, y_test, n_views, {cfg.views_at_test: test.accuracy})}
     table, best = result.cv_results, result.best_index
     params = runs.RunParams(
-        head=head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,
-        seed=split.info["seed"], n_jobs=n_jobs, backend=backend, class_names=names,
-        features=runs.feature_ref(data.meta, data.path), created=runs.now(), excluded=exclusions,
-        views_at_test=views_at_test if n_views > 1 else None,
+        head=cfg.head, grid=grid, fixed_params=fixed, head_params=estimator.get_params(), cv=split.info["cv"], split=split.info,
+        seed=split.info["seed"], n_jobs=cfg.n_jobs, backend=cfg.backend, class_names=names,
+        features=runs.FeatureRef.of(data.info, data.path), created=runs.now(), excluded=exclusions,
+        views_at_test=cfg.views_at_test if n_views > 1 else None,
     )
     metrics = runs.RunMetrics(
         cv_results=table, best_index=best, best_params=result.best_params, best_cv_mean=table["mean_test_score"][best],
@@ -268,11 +230,12 @@ def _save(head, grid, fixed, result, split, data: LoadedFeatures, search_seconds
     test_images = split.test_rows[::n_views]  # with views: each image's first row
     predictions = [(data.paths[row], names[int(t)], names[int(p)], float(c))
                    for row, t, p, c in zip(test_images, y_test[::n_views], predicted, confidence)]
-    runs_root = None if run_dir else output_dir(paths.runs_dir(runs_dir), what="runs dir", fix=RUNS_DIR_FIX)
-    path = Path(run_dir) if run_dir else runs.new_run_dir(runs_root, head, data.meta["id"])
+    runs_root = None if cfg.run_dir else output_dir(paths.runs_dir(cfg.runs_dir), what="runs dir", fix=RUNS_DIR_FIX)
+    path = Path(cfg.run_dir) if cfg.run_dir else runs.new_run_dir(runs_root, cfg.head, data.info.id)
     output_dir(path, what="run folder", fix=RUNS_DIR_FIX)
-
     # The map shows images: with views, each image's first row (the plain crop), its per-image prediction.
     write_map(path / MAP_FILE, data.X, data.paths, data.y, names, test_images, split.cv_rows[::n_views],
               {int(row): names[int(p)] for row, p in zip(test_images, predicted)}, seed=split.info["seed"])
-    return runs.save_run(path, params, metrics, estimator, predictions)
+    run = runs.save_run(path, params, metrics, estimator, predictions)
+    report.render_run(run)
+    return runs.seal(run)

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from featcache import backbones
-from featcache.config.extract import ExtractConfig, count_or_auto
 from featcache.core import paths, progress
 from featcache.core.errors import CacheError, FeatcacheError, RunError
 from featcache.core.text import display
-from featcache.extraction import engine, jpeg, tuning
+from featcache.extraction import engine, jpeg
 from featcache.extraction.scan import IMAGE_EXTENSIONS, files_under, problem
 from featcache.fitting.evaluation import aggregate
 from featcache.fitting.runs import load_run
 from featcache.store import cache
 from featcache.store.featureset import FeatureSet
+from featcache.store.info import FeatureSetInfo
 
 
 @dataclass
@@ -62,28 +62,29 @@ def collect(inputs) -> tuple[list[str], list[tuple[str, str]]]:
     return files, passed_over
 
 
-def feature_set_of(run, cache_dir=None) -> Path:
+def feature_set_of(run, cache_dir=None) -> FeatureSetInfo:
+    """The record of the feature set ``run`` was fitted on, found where the run saw it or in the cache."""
     f = run.params.features
-    path = Path(f["path"])
+    path = Path(f.path)
     if not path.is_file():
         try:
-            path = cache.find(f["id"], paths.cache_dir(cache_dir))
+            path = cache.find(f.id, paths.cache_dir(cache_dir))
         except CacheError:
             raise RunError(
-                f"the feature set {f['id']} of run {run.name} is missing (was {f['path']}): "
+                f"the feature set {f.id} of run {run.name} is missing (was {f.path}): "
                 "predict needs it to rebuild the backbone; extract it again or pass --cache-dir"
             ) from None
     # Prediction reads the set's attributes only (its rows are not used), so their recorded identity is
     # checked here; reading every chunk is `featcache cache verify`'s job, and `fit`'s.
     try:
         with FeatureSet(path) as fs:
-            recorded = fs.meta
+            info = fs.info
     except CacheError as err:
-        raise RunError(f"the feature set {f['id']} of run {run.name} is damaged ({err}): re-extract and fit again") from err
-    differs = [name for name in ("id", "key", "content_sha256") if recorded.get(name) != f.get(name)]
+        raise RunError(f"the feature set {f.id} of run {run.name} is damaged ({err}): re-extract and fit again") from err
+    differs = [name for name in ("id", "key", "content_sha256") if getattr(info, name) != getattr(f, name)]
     if differs:
         raise RunError(f"feature set {path.name} is not the one run {run.name} was fitted on ({', '.join(differs)} differ): fit again")
-    return path
+    return info
 
 
 def predict_features(features, run, cache_dir=None) -> list[Prediction]:
@@ -91,14 +92,13 @@ def predict_features(features, run, cache_dir=None) -> list[Prediction]:
     the backbone: the set must come from exactly the extractor the run was fitted on."""
     run = load_run(run)
     with cache.open_features(features, cache_dir) as fs:
-        if fs.meta.get("key") != run.params.features.get("key"):
+        if fs.info.key != run.params.features.key:
             raise FeatcacheError(
-                f"feature set {fs.id} was made by another extractor than run {run.name} ({fs.meta.get('model')} "
-                f"{fs.meta.get('layer')} pool={fs.meta.get('pool')} vs {run.params.features_label.replace('/', ' ')}): "
-                "extract it with the run's settings, or predict from the images"
+                f"feature set {fs.id} was made by another extractor than run {run.name} ({fs.info.extractor.label} "
+                f"vs {run.params.features_label.replace('/', ' ')}): extract it with the run's settings, or predict from the images"
             )
         X, paths, n_views = fs.load(np.float32), fs.paths, fs.n_views
-        root = Path(fs.meta.get("data_root") or ".")
+        root = Path(fs.info.data_root or ".")
     if not len(X):
         return []
     # An image's views are consecutive rows: score per image, as the run was scored.
@@ -111,29 +111,27 @@ def predict_features(features, run, cache_dir=None) -> list[Prediction]:
 def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", workers: int | str = "auto",
             cache_dir=None, progress_bar: bool = True) -> list[Prediction]:
     run = load_run(run)
-    meta = run.params.features
-    with FeatureSet(feature_set_of(run, cache_dir)) as fs:
-        made_with = replace(ExtractConfig.of_feature_set(fs.meta), layer=meta["layer"])
+    info = feature_set_of(run, cache_dir)
+    made_with = replace(info.config, layer=run.params.features.layer)
     spec, decode, views = backbones.for_config(made_with), made_with.decoding(), made_with.viewing()
-    if (spec.key() != meta["key"]["extractor"] or decode.key() != meta["key"]["decode"]
-            or views.key() != meta["key"].get("views")):
+    if (spec.key() != info.key["extractor"] or decode.key() != info.key["decode"]
+            or views.key() != info.key.get("views")):
         raise RunError(f"the backbone of run {run.name} no longer resolves to the one its features were made with: "
                        "re-extract and fit again with this version")
     dev = engine.resolve_device(device)
-    precision = meta.get("precision", "fp32")
+    precision = info.precision
     if precision != "fp32" and dev.type != "cuda":
         progress.say(f"note: features were made with {precision} on a GPU; predicting in fp32 on {dev}", progress_bar)
         precision = "fp32"
-    batch_size = count_or_auto(batch_size, "--batch-size", 1)
-    workers = count_or_auto(workers, "--workers", 0)
+    # The ``auto`` settings resolved as extraction resolves them (engine.resolve), once.
+    settings = engine.resolve(replace(made_with, device=str(dev), precision=precision, batch_size=batch_size, workers=workers),
+                              spec)
     files, passed_over = collect(inputs)
     # Checked as extract checks its files: a FIFO is never opened (it would block), a broken link says so.
     known_bad = {i: why for i, f in enumerate(files) if (why := problem(f))}
     head = run.head()
     forward = engine.Forward(spec, dev, precision)
-    bs = batch_size if batch_size != "auto" else tuning.batch_size(spec.backbone.arch, dev)
-    options = engine.EngineOptions(batch_size=bs, workers=workers if workers != "auto" else tuning.workers(dev),
-                                   device=dev, precision=precision)
+    options = engine.EngineOptions(batch_size=settings.batch_size, workers=settings.workers, device=dev, precision=precision)
     if decode.decoder == "gpu":
         jpeg.check_available(dev)
     # With views each image is cut into the same views as at extraction and the head's outputs are
@@ -147,7 +145,7 @@ def predict(inputs, run, batch_size: int | str = "auto", device: str = "auto", w
         for i, reason in bad:
             results[i] = Prediction(files[i], None, None, reason)
         if batch is not None:
-            feats = engine.to_storage(forward(batch, ready), meta["dtype"], files[int(index[0])]).astype(np.float32)
+            feats = engine.to_storage(forward(batch, ready), info.dtype, files[int(index[0])]).astype(np.float32)
             labels, confidence = aggregate(head, feats, views.count, at_test)
             for i, label, c in zip(index.tolist(), labels, confidence):
                 results[i] = Prediction(files[i], names[int(label)], float(c))

@@ -11,13 +11,14 @@ from featcache.core.errors import RunError
 from featcache.core.files import output_dir
 from featcache.core.text import Code, Link, Strong, printable
 from featcache.fitting import gallery as run_gallery
+from featcache.fitting.runs import FeatureRef, Run, check_features, latest, load_run
 from featcache.report.plots import figure, plot_confusion, plot_history, plot_param, save
 from featcache.report.render import Block, params_text, write
 
 
-def feature_line(f: dict) -> str:
-    shape = "x".join(map(str, f.get("feature_shape") or []))
-    return f"{f.get('model')} / {f.get('layer')} / pool={f.get('pool')} ({shape}, {f.get('dtype')}, weights {f.get('weights')})"
+def feature_line(f: FeatureRef) -> str:
+    shape = "x".join(map(str, f.feature_shape or []))
+    return f"{f.model} / {f.layer} / pool={f.pool} ({shape}, {f.dtype}, weights {f.weights})"
 
 
 def run_blocks(run) -> list[Block]:
@@ -27,7 +28,7 @@ def run_blocks(run) -> list[Block]:
     plots.mkdir(exist_ok=True)
     f, split = p.features, p.split
     blocks: list[Block] = [
-        ("p", ["Head ", Strong(p.head), " on feature set ", Code(f["id"]), f": {feature_line(f)}."]),
+        ("p", ["Head ", Strong(p.head), " on feature set ", Code(f.id), f": {feature_line(f)}."]),
         ("p", [f"Split: {split['test']} (seed {p.seed}); {split['n_cv']} images in {p.cv}-fold "
                f"cross-validation, {split['n_test']} test images"
                + (f"; {split['dropped']} input files had no features (skipped at extraction)." if split.get('dropped') else "."),
@@ -99,6 +100,14 @@ def _grid_rows(table: dict, searched: list[str]) -> list[list]:
     return rows
 
 
+def runs_to_report(targets, runs_dir: Path) -> list[Run]:
+    """The runs ``featcache report`` names (default: the newest), each checked with its feature set."""
+    loaded = [load_run(t) for t in (targets or [latest(runs_dir)])]
+    for run in loaded:
+        check_features(run)
+    return loaded
+
+
 def render_run(run) -> tuple[Path, Path]:
     return write(run.path, "report", run_blocks(run), f"featcache run {run.name}")
 
@@ -109,11 +118,11 @@ def compare_blocks(runs: list, out: Path) -> list[Block]:
     for r in sorted(runs, key=lambda r: -r.metrics.best_cv_mean):
         m, f = r.metrics, r.params.features
         link = os.path.relpath(r.path / "report.html", out)
-        rows.append([Link(r.name, link), r.params.head, f"{f['model']} {f['layer']} pool={f['pool']}", f["id"][:8],
+        rows.append([Link(r.name, link), r.params.head, f"{f.model} {f.layer} pool={f.pool}", f.id[:8],
                      params_text(m.best_params), f"{m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}",
                      f"{m.test.accuracy:.4f}", f"{m.fit_seconds:.2f}"])
     blocks: list[Block] = [("table", ["run", "head", "features", "set", "best params", "CV accuracy", "test accuracy", "fit s"], rows)]
-    if len({r.params.features["manifest_sha256"] for r in runs}) > 1:
+    if len({r.params.features.manifest_sha256 for r in runs}) > 1:
         blocks.append(("p", "Note: these runs come from different data (manifests differ); their scores are not directly comparable."))
     image = plot_comparison(runs, out / "comparison.png")
     blocks.append(("img", image.name, "CV accuracy per run"))
@@ -128,7 +137,7 @@ def plot_comparison(runs: list, out: Path) -> Path:
     ax.errorbar(xs, [r.metrics.best_cv_mean for r in runs], yerr=[r.metrics.best_cv_std for r in runs],
                 fmt="o", capsize=4, label="CV mean +- std")
     ax.scatter(xs, [r.test_accuracy for r in runs], marker="x", color="C3", label="test", zorder=3)
-    ax.set_xticks(list(xs), [f"{r.params.head}\n{printable(r.params.features['model'])}\n{printable(r.name[:15])}" for r in runs],
+    ax.set_xticks(list(xs), [f"{r.params.head}\n{printable(r.params.features.model)}\n{printable(r.name[:15])}" for r in runs],
                   fontsize=7, parse_math=False)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

@@ -6,8 +6,8 @@
                               parameters, test accuracy, per-class precision/recall/F1, confusion
         test_predictions.csv  path, true class, predicted class, confidence for every test image
         head/head.safetensors + head/head.json    the fitted head, no pickle
-        report.md, report.html, plots/*.png
-        checksums.json        sha256 of the files above; written last, so it marks a finished run
+        report.md, report.html, plots/*.png   (featcache/fitting/report.py)
+        checksums.json        sha256 of the records above; written last (``seal``), so it marks a finished run
 
 ``load_run`` refuses a directory without checksums (not a run, or interrupted) and any file whose
 hash changed since it was saved.
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from classifiers import load_head, save_head
 from featcache.core.errors import DamagedError, RunError
 from featcache.core.files import sha256_file, write_csv, write_json
-from featcache.fitting import report
-from featcache.store.featureset import open_verified
+from featcache.store.info import FeatureSetInfo
+from featcache.store.integrity import open_verified
 
 CHECKSUMS = "checksums.json"
 TRUSTED = ("params.json", "metrics.json", "test_predictions.csv", "head/head.safetensors", "head/head.json")
@@ -37,6 +37,61 @@ class TestScores:
     accuracy: float
     per_class: dict[str, dict]  # class -> precision, recall, f1, support
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """What a run keeps of its feature set (``params.json`` "features"): the identity recorded in the set
+    (its id, key and content hash, which ``predict`` checks the set against), what made it, and its path."""
+
+    id: str
+    model: str
+    family: str
+    arch: str
+    weights: str
+    weights_kind: str
+    weights_path: str
+    layer: str
+    pool: str
+    preprocess: dict
+    decode: dict
+    dtype: str
+    precision: str
+    feature_shape: list
+    data_root: str
+    manifest_sha256: str
+    content_sha256: str | None
+    created: str
+    key: dict
+    n_rows: int | None
+    n_skipped: int | None
+    images_per_second: float
+    extract_seconds: float
+    versions: dict
+    path: str
+    views: str = "none"  # written only for sets with views (a run's record without them is unchanged)
+    n_views: int = 1
+
+    @classmethod
+    def of(cls, info: FeatureSetInfo, path: Path) -> "FeatureRef":
+        attrs = info.to_attrs()
+        return cls(**{f.name: attrs.get(f.name) for f in fields(cls) if f.name not in ("path", "views", "n_views")},
+                   path=str(path), views=str(info.views), n_views=info.views.count)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.n_views == 1:
+            del d["views"], d["n_views"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureRef":
+        """Older runs may lack fields added since: they read as None (or no views)."""
+        return cls(**{f.name: d.get(f.name, f.default if f.default is not MISSING else None) for f in fields(cls)})
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.layer}/{self.pool}"
 
 
 @dataclass
@@ -53,14 +108,14 @@ class RunParams:
     n_jobs: int
     backend: str
     class_names: list[str]
-    features: dict  # the feature set's recorded identity (FEATURE_META) and its path
+    features: FeatureRef
     created: str  # ISO time to the millisecond: orders runs made within one second
     # fit --exclude: {"source", "sha256", "paths", "cv", "test", "without_features"}; None: nothing excluded
     excluded: dict | None = None
     views_at_test: str | None = None  # with augmented views: "mean" (averaged over an image's views) or "first"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(self) | {"features": self.features.to_dict()}
         if d["views_at_test"] is None:  # runs without views keep the record they always had
             del d["views_at_test"]
         return d
@@ -68,16 +123,16 @@ class RunParams:
     @classmethod
     def from_dict(cls, d: dict) -> "RunParams":
         """Read ``params.json``; fields added later (``excluded``, ``views_at_test``) take their defaults in older runs."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        return cls(**values | {"features": FeatureRef.from_dict(d["features"])})
 
     @property
     def feature_id(self) -> str:
-        return self.features["id"]
+        return self.features.id
 
     @property
     def features_label(self) -> str:
-        f = self.features
-        return f"{f['model']}/{f['layer']}/{f['pool']}"
+        return self.features.label
 
 
 @dataclass
@@ -151,7 +206,7 @@ class Run:
                      f"({m.views['recipe']}); {other}: {m.views['test_accuracy'][other]:.4f}")
         return (
             f"run {self.path}: {p.head} on feature set {p.feature_id} "
-            f"({p.features['model']} {p.features['layer']}); {best}; "
+            f"({p.features.model} {p.features.layer}); {best}; "
             f"CV accuracy {m.best_cv_mean:.4f} +- {m.best_cv_std:.4f}; "
             f"test accuracy {self.test_accuracy:.4f} ({m.test.n} images{views}"
             + (f"; {len(p.excluded['paths'])} files excluded" if p.excluded else "") + ")"
@@ -161,10 +216,10 @@ class Run:
         """One line of ``featcache runs`` / ``fit --json``: what the table shows, as data."""
         p, m = self.params, self.metrics
         return {"run": str(self.path), "name": self.name, "head": p.head, "features": p.feature_id,
-                "model": p.features["model"], "layer": p.features["layer"], "pool": p.features["pool"],
+                "model": p.features.model, "layer": p.features.layer, "pool": p.features.pool,
                 "best_params": m.best_params, "cv_mean": m.best_cv_mean, "cv_std": m.best_cv_std,
                 "test_accuracy": m.test.accuracy, "test_images": m.test.n, "fit_seconds": m.fit_seconds,
-                "created": p.created, "views": p.features.get("views", "none"), "views_at_test": p.views_at_test}
+                "created": p.created, "views": p.features.views, "views_at_test": p.views_at_test}
 
 
 def _fmt(v) -> str:
@@ -181,29 +236,13 @@ def new_run_dir(runs_dir: Path, head: str, fsid: str) -> Path:
     return path
 
 
-FEATURE_META = ("id", "model", "family", "arch", "weights", "weights_kind", "weights_path", "layer", "pool", "preprocess",
-                "decode", "dtype", "precision", "feature_shape", "data_root", "manifest_sha256", "content_sha256",
-                "created", "key", "n_rows", "n_skipped", "images_per_second", "extract_seconds", "versions")
-FEATURE_VIEWS = ("views", "n_views")  # kept only for sets with views (a run's record without them is unchanged)
-
-
-def feature_ref(meta: dict, path: Path) -> dict:
-    """What a run keeps of its feature set's metadata."""
-    ref = {k: meta.get(k) for k in FEATURE_META} | {"path": str(path)}
-    if meta.get("n_views", 1) > 1:
-        ref |= {k: meta[k] for k in FEATURE_VIEWS}
-    return ref
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def save_run(path: Path, params: RunParams, metrics: RunMetrics, estimator, predictions: list[tuple[str, str, str, float]]) -> Run:
-    """Write a run directory; ``predictions`` are (relative path, true, predicted, confidence) per test image.
-
-    ``checksums.json`` is written last: until it exists the directory is not a finished run.
-    """
+    """Write a run directory's records; ``predictions`` are (relative path, true, predicted, confidence) per
+    test image. Not yet a finished run: ``seal`` marks it so, once the report is written too."""
     path = Path(path)
     (path / "head").mkdir(parents=True, exist_ok=True)
     (path / CHECKSUMS).unlink(missing_ok=True)
@@ -213,9 +252,12 @@ def save_run(path: Path, params: RunParams, metrics: RunMetrics, estimator, pred
               ([os.fsencode(rel).decode("utf-8", "backslashreplace"), true, predicted, f"{confidence:.6f}"]
                for rel, true, predicted, confidence in predictions))
     save_head(estimator, path / "head")
-    run = Run(path, params, metrics, estimator)
-    report.render_run(run)
-    write_json(path / CHECKSUMS, {name: sha256_file(path / name) for name in TRUSTED})
+    return Run(path, params, metrics, estimator)
+
+
+def seal(run: Run) -> Run:
+    """``checksums.json``, written last: until it exists the directory is not a finished run."""
+    write_json(run.path / CHECKSUMS, {name: sha256_file(run.path / name) for name in TRUSTED})
     return run
 
 
@@ -243,7 +285,7 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> Run:
 
 def check_features(run: Run) -> None:
     """Stop if the run's feature set is still on disk but damaged (a missing one is only noted)."""
-    path = Path(run.params.features["path"])
+    path = Path(run.params.features.path)
     if path.is_file():
         try:
             open_verified(path).close()

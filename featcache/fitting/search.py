@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.base import clone
 
 from featcache.core import progress
@@ -61,8 +62,6 @@ def grid_search(estimator, grid: dict[str, list], X: np.ndarray, y: np.ndarray, 
     """``scoring``: a scikit-learn scorer ``(estimator, X_valid, y_valid) -> float`` instead of the
     estimator's accuracy (e.g. per image over augmented views); a head's ``search_path`` scores rows
     itself, so it is used only without one."""
-    from joblib import Parallel, delayed
-
     cands = candidates(grid)
     n_folds = len(folds)
     scores = np.empty((len(cands), n_folds))

@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from featcache.config.fit import check_split_options
 from featcache.core.errors import FeatcacheError
 
 
@@ -25,22 +27,11 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
-def check_split_options(cv: int | None, test_size: float | None) -> None:
-    """``--cv`` and ``--test-size`` as ``fit``, ``audit`` and ``sweep`` take them (None: the command's default)."""
-    if cv is not None and cv < 2:
-        raise FeatcacheError(f"--cv {cv} is too small: cross-validation needs at least 2 folds; use --cv 2 or more, "
-                             "or leave it out for the default")
-    if test_size is not None and not 0 < test_size < 1:
-        raise FeatcacheError(f"--test-size {test_size:g} must be between 0 and 1 (a fraction of the images, e.g. 0.2)")
-
-
 def working_test_sizes(labels: np.ndarray, seed: int, cv: int) -> tuple[float, float] | None:
     """The smallest and largest ``--test-size``, in steps of 0.01, whose hold-out ``fit`` can use with
     this seed and ``cv``: every class on both sides, and at least max(cv, 2) images of each left for
     cross-validation. None when none can. Tried by splitting as ``assign`` does (on the error path
     only; files that have no features, or are excluded, are counted as present)."""
-    from sklearn.model_selection import train_test_split
-
     labels = np.asarray(labels)
     classes, index = np.unique(labels, return_inverse=True)
     n, k, need = len(labels), len(classes), max(cv, 2)
@@ -79,8 +70,6 @@ def _check_test_size(test_size: float, labels: np.ndarray, seed: int, cv: int) -
 
 def assign(paths: list[str], labels: np.ndarray, splits: list[str], test_size: float, seed: int, cv: int) -> tuple[np.ndarray, np.ndarray]:
     """Per manifest entry: is it test, and which CV fold (-1 for test entries)."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
     n = len(paths)
     labels = np.asarray(labels)
     stored_test = np.array([s == "test" for s in splits], dtype=bool)

@@ -8,19 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
+from featcache.core.files import atomic_save
 from featcache.core.text import printable
 
 
 def figure(figsize: tuple[float, float], dpi: int = 110):
     """A matplotlib Figure of its own (no pyplot): the caller's backend and open figures are untouched."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib: loaded when a plot is drawn
 
     return Figure(figsize=figsize, dpi=dpi)
 
 
 def save(fig, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out)  # a PNG through the Agg canvas, whatever backend the process uses
+    atomic_save(out, lambda f: fig.savefig(f, format="png"))  # through the Agg canvas, whatever backend the process uses
     return out
 
 

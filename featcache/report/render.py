@@ -11,6 +11,7 @@ import html
 import re
 from pathlib import Path
 
+from featcache.core.files import atomic_write
 from featcache.core.text import Code, Inline, Link, Strong, printable, url
 from featcache.report.gallery import CARD_STYLE, cards_html, cards_markdown
 
@@ -155,8 +156,8 @@ def _md_code(text: str, cell: bool) -> str:
 
 def write(directory: Path, stem: str, blocks: list[Block], title: str) -> tuple[Path, Path]:
     md, page = directory / f"{stem}.md", directory / f"{stem}.html"
-    md.write_text(f"# {md_text(title)}\n\n" + to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html([("h", 1, title)] + blocks, title), encoding="utf-8")
+    atomic_write(md, f"# {md_text(title)}\n\n" + to_markdown(blocks))
+    atomic_write(page, to_html([("h", 1, title)] + blocks, title))
     return md, page
 
 

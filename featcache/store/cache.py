@@ -8,9 +8,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from featcache.core import paths, progress
-from featcache.core.errors import CacheError
-from featcache.store.featureset import SUFFIX, FeatureSet, open_verified, peek, verify
+from featcache.core.errors import CacheError, FeatcacheError
+from featcache.store.featureset import FeatureSet, peek
+from featcache.store.h5 import SUFFIX
+from featcache.store.info import FeatureSetInfo, header_label
+from featcache.store.integrity import open_verified, verify
 from featcache.store.staging import Staging
 
 SHARD_MARK = ".shard-"
@@ -54,8 +59,6 @@ def _lock_holder(lock_file: Path) -> int | None:
 @contextlib.contextmanager
 def lock(root: Path, name: str, timeout: float = -1, say: bool = True):
     """One writer per feature set; a second process waits (or stops after ``timeout`` seconds)."""
-    from filelock import FileLock, Timeout
-
     lock_file = FileLock(str(root / f"{name}.lock"))
     try:
         lock_file.acquire(timeout=0)
@@ -83,17 +86,38 @@ def lock(root: Path, name: str, timeout: float = -1, say: bool = True):
 
 @dataclass
 class Entry:
-    """One feature set in the cache as listed: complete ones carry their attributes."""
+    """One feature set in the cache as listed: a complete one or a shard carries its record (``info``), an
+    interrupted extraction its staging header."""
 
     id: str
     path: Path
     state: str  # complete | partial | shard | unreadable
-    meta: dict
+    info: FeatureSetInfo | None
     size_bytes: int
+    header: dict | None = None  # an interrupted extraction's staging header
 
     @property
     def created(self) -> str:
-        return self.meta.get("created", "")
+        return self.info.made.created if self.info else ""
+
+    def to_record(self) -> dict:
+        """What ``featcache cache list`` shows of it (as JSON, or as a table row)."""
+        if self.info is not None:
+            i = self.info
+            shown = {"model": i.model, "layer": i.layer, "pool": i.pool, "feature_shape": list(i.feature_shape)}
+        else:
+            shown = header_label(self.header or {})  # all an interrupted extraction's header knows
+        return {"id": self.id, "state": self.state, "path": str(self.path), "size_bytes": self.size_bytes, **shown,
+                "rows": self.info.n_rows if self.info else None, "created": self.created}
+
+
+def _parsed(path: Path) -> FeatureSetInfo | None:
+    """A file's record from its attributes alone (no structure check), or None when they cannot be read."""
+    attrs = peek(path)
+    try:
+        return None if attrs is None else FeatureSetInfo.from_attrs(attrs)
+    except (ValueError, TypeError, KeyError, FeatcacheError):
+        return None
 
 
 def entries(root: Path | None = None) -> list[Entry]:
@@ -104,13 +128,13 @@ def entries(root: Path | None = None) -> list[Entry]:
     for path in sorted(root.glob(f"*{SUFFIX}")):
         if path.name.startswith("."):
             continue
-        meta = peek(path)
-        state = "unreadable" if meta is None else ("shard" if "shard_index" in meta else "complete")
-        out.append(Entry(path.stem.split(SHARD_MARK)[0] if meta is None else meta["id"], path, state, meta or {}, path.stat().st_size))
+        info = _parsed(path)
+        state = "unreadable" if info is None else ("shard" if info.shard else "complete")
+        out.append(Entry(path.stem.split(SHARD_MARK)[0] if info is None else info.id, path, state, info, path.stat().st_size))
     for partial in sorted(root.glob("*.partial")):
         header = Staging.read_header(partial) or {}
         size = sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
-        out.append(Entry(header.get("id", partial.stem), partial, "partial", header, size))
+        out.append(Entry(header.get("id", partial.stem), partial, "partial", None, size, header))
     return out
 
 
@@ -182,7 +206,7 @@ def latest(root: Path | None = None) -> Path:
 def newest_with_config(root: Path, config_id: str, data_root: str) -> Path | None:
     same = [
         e for e in entries(root)
-        if e.state == "complete" and e.meta.get("config_id") == config_id and e.meta.get("data_root") == data_root
+        if e.state == "complete" and e.info.config_id == config_id and e.info.data_root == data_root
     ]
     return max(same, key=lambda e: e.created).path if same else None
 
@@ -191,7 +215,7 @@ def known_hashes(root: Path, data_root: str) -> dict[str, tuple[int, int, str]]:
     """``{path: (size, mtime_ns, sha256)}`` recorded by complete feature sets of the folder ``data_root``
     (newest first): a file another backbone's extraction already hashed is not read again."""
     out: dict[str, tuple[int, int, str]] = {}
-    same = [e for e in entries(root) if e.state == "complete" and e.meta.get("data_root") == data_root]
+    same = [e for e in entries(root) if e.state == "complete" and e.info.data_root == data_root]
     for e in sorted(same, key=lambda e: e.created, reverse=True):
         try:
             with FeatureSet(e.path) as fs:
@@ -249,8 +273,6 @@ def remove(ref: str, root: Path | None = None) -> list[Path]:
 def _unlocked(root: Path, names: list[str]):
     """Hold the extraction locks of ``names`` (as ``lock`` takes them) while files are deleted; refuse at
     once if a writer holds one: deleting under it lost its work and crashed it."""
-    from filelock import FileLock, Timeout
-
     held = []
     try:
         for name in names:

@@ -19,33 +19,32 @@ Layout of ``<id>.h5``::
 A file only ever appears under its final name by ``os.replace`` from a temporary name once every
 row and attribute is written, so a file under a final name is complete; ``complete`` is checked too.
 
-Every reader of rows goes through ``check`` (``open_verified``): the structure, the content hash and
-the rows' agreement with the manifest, verified once per state of the file and remembered (``_memo_*``).
+Opening a file checks its structure (no rows read) and parses its attributes into ``info``
+(featcache/store/info.py); every reader of rows then goes through ``integrity.check``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import multiprocessing
 import os
-import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from featcache.core.errors import CacheError, DamagedError
-from featcache.core.files import atomic_write
+from featcache.core.errors import CacheError, FeatcacheError
 from featcache.core.machine import usable_cores
-from featcache.core.paths import user_cache_dir
 from featcache.core.text import display
-from featcache.store.fingerprint import ID_LENGTH, feature_set_id
+from featcache.store import memo
+from featcache.store.digest import CONTENT_HASH_VERSION, ContentDigest
+from featcache.store.h5 import damaged, read_attrs, reason, text, write_attrs
+from featcache.store.info import FeatureSetInfo
 from featcache.store.manifest import Manifest
 from featcache.store.staging import Staging, disk_full_error, is_disk_full
 
-FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB per dataset
 # gzip level 1 + shuffle, chosen by bench/hdf5_io.py (bench/RESULTS.md) on real EfficientNet-Lite0
 # features over lzf: files 15-19% smaller for every kind measured (1280x7x7 float16: 8.0 vs 9.5 MB
@@ -55,67 +54,13 @@ CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB per dataset
 # makes map files ~5x larger.
 COMPRESSION = "gzip"
 COMPRESSION_OPTS = 1
-SUFFIX = ".h5"
 _BYTES = h5py.vlen_dtype(bytes)
 _STR = h5py.string_dtype("utf-8")
-_JSON_ATTRS = ("preprocess", "decode", "versions", "key", "extract_args", "data_root", "feature_shape")
 
 
-# What the content hash covers, by the file's ``content_hash_version`` attribute (absent: 1).
-#   1: the feature bytes in row order, then each row's label and manifest index.
-#   2: all of 1, then every other dataset and attribute that can change a result (_HASHED below).
-# Files keep the version they were written with (and so their ids and cache hits); ``verify`` adds
-# structural and cross checks that hold for both (see ``problems``).
-CONTENT_HASH_VERSION = 2
-_HASHED = ("view", "paths", "split", "class_names", "manifest/path", "manifest/size", "manifest/mtime_ns", "manifest/label",
-           "manifest/split", "manifest/sha256", "skipped/index", "skipped/reason")
-_HASHED_ATTRS = ("id", "key", "n_views", "manifest_sha256")
 _REQUIRED = ("features", "labels", "paths", "split", "index", "class_names", "manifest/path", "manifest/size",
              "manifest/mtime_ns", "manifest/label", "manifest/split", "skipped/index", "skipped/reason")
 _ROW_ALIGNED = ("labels", "paths", "split", "index", "view")
-
-
-class ContentDigest:
-    """The content hash recorded at extraction. Written, verified and checked before any reader uses the
-    rows by this one class, so they can never disagree about what "altered" means. Everything but the
-    feature bytes is read back from the file itself, by the writer as by the verifier."""
-
-    def __init__(self, version: int = CONTENT_HASH_VERSION):
-        if version not in (1, 2):
-            raise CacheError(f"content hash version {version!r} is unknown to this featcache"
-                             + (": upgrade featcache" if isinstance(version, int) and version > 2 else ""))
-        self.version = version
-        self._digest = hashlib.sha256()
-
-    def features(self, block: np.ndarray) -> "ContentDigest":
-        self._digest.update(np.ascontiguousarray(block).tobytes())
-        return self
-
-    def finish(self, f: h5py.File) -> str:
-        self._digest.update(f["labels"][()].astype(np.int32).tobytes())
-        self._digest.update(f["index"][()].astype(np.int64).tobytes())
-        if self.version >= 2:
-            for name in _HASHED:
-                self._part(name, _dataset_bytes(f, name))
-            meta = read_attrs(f)
-            self._part("attrs", json.dumps({k: meta.get(k) for k in _HASHED_ATTRS}, sort_keys=True).encode())
-        return self._digest.hexdigest()
-
-    def _part(self, name: str, payload: bytes) -> None:
-        self._digest.update(name.encode() + b"\0" + len(payload).to_bytes(8, "little") + payload)
-
-
-def _dataset_bytes(f: h5py.File, name: str) -> bytes:
-    """A dataset's values as unambiguous bytes (variable-length items length-prefixed)."""
-    ds = f.get(name)
-    if not isinstance(ds, h5py.Dataset):
-        return b"absent"
-    data = ds[()]
-    if data.dtype == object:
-        items = [v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape") for v in data.tolist()]
-        return b"".join(len(v).to_bytes(8, "little") + v for v in items)
-    data = np.ascontiguousarray(data)
-    return f"{data.dtype.str}{data.shape}".encode() + data.tobytes()
 
 
 def fletcher32(data: bytes) -> int:
@@ -147,8 +92,6 @@ class _ChunkWriter:
     """Cuts row blocks into whole chunks, encodes them on a thread pool, writes them in order."""
 
     def __init__(self, dataset: h5py.Dataset, rows: int, threads: int):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.ds, self.rows = dataset, rows
         self.shape, self.dtype = dataset.shape[1:], dataset.dtype
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="featcache-chunks")
@@ -240,27 +183,8 @@ def write_feature_set(
                 raise
             if writer is not None:
                 writer.close()
-            labels = manifest.labels[index].astype(np.int32)
-            f.create_dataset("labels", data=labels)
-            f.create_dataset("index", data=index)
-            f.create_dataset("view", data=view_numbers(index))
-            f.create_dataset("paths", data=np.array([os.fsencode(manifest.paths[i]) for i in index], dtype=object), dtype=_BYTES)
-            f.create_dataset("split", data=np.array([manifest.splits[i] for i in index], dtype=object), dtype=_STR)
-            f.create_dataset("class_names", data=np.array(manifest.class_names, dtype=object), dtype=_STR)
-            m = f.create_group("manifest")
-            m.create_dataset("path", data=np.array([os.fsencode(p) for p in manifest.paths], dtype=object), dtype=_BYTES)
-            m.create_dataset("size", data=manifest.sizes)
-            m.create_dataset("mtime_ns", data=manifest.mtimes)
-            m.create_dataset("label", data=manifest.labels)
-            m.create_dataset("split", data=np.array(manifest.splits, dtype=object), dtype=_STR)
-            if manifest.content_hashes is not None:
-                m.create_dataset("sha256", data=np.array(manifest.content_hashes, dtype="S64"))
-            s = f.create_group("skipped")
-            s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
-            s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
-            for key, value in {**attrs, "content_hash_version": CONTENT_HASH_VERSION, "n_rows": n_rows,
-                               "n_skipped": len(skipped)}.items():
-                f.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
+            _write_index(f, manifest, index, skipped)
+            write_attrs(f, {**attrs, "content_hash_version": CONTENT_HASH_VERSION, "n_rows": n_rows, "n_skipped": len(skipped)})
             content = digest.finish(f)
             f.attrs["content_sha256"] = content
             f.attrs["complete"] = True
@@ -274,6 +198,28 @@ def write_feature_set(
         tmp.unlink(missing_ok=True)
         raise
     return content
+
+
+def _write_index(f: h5py.File, manifest: Manifest, index: np.ndarray, skipped: dict[int, str]) -> None:
+    """Everything beside the features: each row's label, entry, view, path and split; the classes; the whole
+    manifest; the skipped files and why."""
+    f.create_dataset("labels", data=manifest.labels[index].astype(np.int32))
+    f.create_dataset("index", data=index)
+    f.create_dataset("view", data=view_numbers(index))
+    f.create_dataset("paths", data=np.array([os.fsencode(manifest.paths[i]) for i in index], dtype=object), dtype=_BYTES)
+    f.create_dataset("split", data=np.array([manifest.splits[i] for i in index], dtype=object), dtype=_STR)
+    f.create_dataset("class_names", data=np.array(manifest.class_names, dtype=object), dtype=_STR)
+    m = f.create_group("manifest")
+    m.create_dataset("path", data=np.array([os.fsencode(p) for p in manifest.paths], dtype=object), dtype=_BYTES)
+    m.create_dataset("size", data=manifest.sizes)
+    m.create_dataset("mtime_ns", data=manifest.mtimes)
+    m.create_dataset("label", data=manifest.labels)
+    m.create_dataset("split", data=np.array(manifest.splits, dtype=object), dtype=_STR)
+    if manifest.content_hashes is not None:
+        m.create_dataset("sha256", data=np.array(manifest.content_hashes, dtype="S64"))
+    s = f.create_group("skipped")
+    s.create_dataset("index", data=np.array(sorted(skipped), dtype=np.int64))
+    s.create_dataset("reason", data=np.array([skipped[i] for i in sorted(skipped)], dtype=object), dtype=_STR)
 
 
 def view_numbers(index: np.ndarray) -> np.ndarray:
@@ -293,8 +239,6 @@ def write_isolated(*args) -> str:
     the process at exit. Writing from a child keeps the extracting process alive, so the user gets
     a one-line message and the staged rows stay resumable.
     """
-    import multiprocessing
-
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
 
@@ -325,7 +269,7 @@ def write_isolated(*args) -> str:
     for stray in path.parent.glob(f".{path.name}.tmp-*"):
         stray.unlink(missing_ok=True)
     if kind == "ok":
-        _remember(path, _stamp(path), value)  # hashed as written: its first reader need not hash it again
+        memo.remember(path, memo.stamp(path), value)  # hashed as written: its first reader need not hash it again
         return value
     if kind == "cache":
         raise CacheError(value)
@@ -356,16 +300,20 @@ class FeatureSet:
             raise CacheError(f"feature set {display(str(self.path))} cannot be read ({err.strerror}): ask its owner "
                              "for read access, or extract into a cache dir of your own (--cache-dir)") from None
         except OSError as err:
-            if "file locking" in _h5_reason(err):
-                raise CacheError(f"feature set {display(str(self.path))} cannot be opened: {_h5_reason(err)}") from None
-            raise damaged(self.path, f"unreadable or corrupted: {_h5_reason(err)}") from None
+            if "file locking" in reason(err):
+                raise CacheError(f"feature set {display(str(self.path))} cannot be opened: {reason(err)}") from None
+            raise damaged(self.path, f"unreadable or corrupted: {reason(err)}") from None
         try:
             if not self._file.attrs.get("complete", False) or "features" not in self._file:
                 raise CacheError(f"feature set {display(str(self.path))} is incomplete: run the same `featcache extract` again to finish it")
-            self.meta = read_attrs(self._file)
+            self.meta = read_attrs(self._file)  # the attributes as recorded (``info`` is their typed record)
             found = _structure(self._file, self.meta)
             if found:
                 raise damaged(self.path, found[0])
+            try:
+                self.info = FeatureSetInfo.from_attrs(self.meta)
+            except (ValueError, TypeError, KeyError, FeatcacheError) as err:
+                raise damaged(self.path, f"attributes that do not parse ({str(err).splitlines()[0][:100]})") from None
         except BaseException:
             self._file.close()
             raise
@@ -388,7 +336,7 @@ class FeatureSet:
             self._file.close()
 
     def __repr__(self) -> str:
-        return f"<FeatureSet {self.id} {self.meta.get('model')} {self.meta.get('layer')} {len(self)}x{self.feature_shape}>"
+        return f"<FeatureSet {self.id} {self.info.extractor.label} {len(self)}x{self.feature_shape}>"
 
     def __len__(self) -> int:
         return int(self._file["features"].shape[0])
@@ -396,7 +344,7 @@ class FeatureSet:
     # -- contents --------------------------------------------------------------------------------
     @property
     def id(self) -> str:
-        return self.meta["id"]
+        return self.info.id
 
     @property
     def features(self) -> h5py.Dataset:
@@ -412,7 +360,7 @@ class FeatureSet:
 
     @property
     def class_names(self) -> list[str]:
-        return [_text(v) for v in self._file["class_names"][()]]
+        return [text(v) for v in self._file["class_names"][()]]
 
     @property
     def paths(self) -> list[str]:
@@ -420,7 +368,7 @@ class FeatureSet:
 
     @property
     def split(self) -> np.ndarray:
-        return np.array([_text(v) for v in self._file["split"][()]], dtype=object)
+        return np.array([text(v) for v in self._file["split"][()]], dtype=object)
 
     @property
     def index(self) -> np.ndarray:
@@ -436,13 +384,13 @@ class FeatureSet:
     @property
     def n_views(self) -> int:
         """Rows per image."""
-        return int(self.meta.get("n_views", 1))
+        return self.info.views.count
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
         m = [os.fsdecode(v) for v in self._file["manifest/path"][()]]
         idx = self._file["skipped/index"][()]
-        reasons = [_text(v) for v in self._file["skipped/reason"][()]]
+        reasons = [text(v) for v in self._file["skipped/reason"][()]]
         return [(m[i], r) for i, r in zip(idx.tolist(), reasons)]
 
     def manifest_signatures(self) -> dict[str, tuple[int, int]]:
@@ -455,15 +403,15 @@ class FeatureSet:
         recorded at extraction; ``content_hashes`` is None for sets made before they were)."""
         m = self._file["manifest"]
         return Manifest(
-            root=Path(self.meta.get("data_root", ".")),
+            root=Path(self.info.data_root or "."),
             paths=[os.fsdecode(v) for v in m["path"][()]],
             sizes=m["size"][()],
             mtimes=m["mtime_ns"][()],
             labels=m["label"][()],
-            splits=[_text(v) for v in m["split"][()]],
+            splits=[text(v) for v in m["split"][()]],
             class_names=self.class_names,
-            labels_file=(self.meta.get("extract_args") or {}).get("labels"),
-            content_hashes=[_text(v) for v in m["sha256"][()]] if "sha256" in m else None,
+            labels_file=self.info.labels_file,
+            content_hashes=[text(v) for v in m["sha256"][()]] if "sha256" in m else None,
         )
 
     def load(self, dtype=None) -> np.ndarray:
@@ -471,7 +419,7 @@ class FeatureSet:
         try:
             data = self._file["features"][()]
         except OSError as err:  # a damaged chunk fails its fletcher32 checksum
-            raise damaged(self.path, f"unreadable rows: {_h5_reason(err)}") from None
+            raise damaged(self.path, f"unreadable rows: {reason(err)}") from None
         return data.astype(dtype, copy=False) if dtype is not None else data
 
     def iter_blocks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -481,27 +429,8 @@ class FeatureSet:
             try:
                 block = ds[start:start + step]
             except OSError as err:
-                raise damaged(self.path, f"unreadable rows from {start}: {_h5_reason(err)}") from None
+                raise damaged(self.path, f"unreadable rows from {start}: {reason(err)}") from None
             yield start, block
-
-
-def read_attrs(f: h5py.File) -> dict:
-    out = {}
-    for key, value in f.attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
-        if key in _JSON_ATTRS and isinstance(value, str):
-            try:
-                value = json.loads(value)  # data, never evaluated
-            except ValueError:
-                path = Path(f.filename)
-                raise damaged(path, f"attribute {key!r} is not valid JSON") from None
-        elif isinstance(value, np.generic):
-            value = value.item()
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        out[key] = value
-    return out
 
 
 def peek(path: Path) -> dict | None:
@@ -511,17 +440,6 @@ def peek(path: Path) -> dict | None:
             return read_attrs(f)
     except (OSError, ValueError, CacheError):
         return None
-
-
-# ------------------------------------------------------------------------------------ integrity
-def damaged(path: Path, reason: str) -> DamagedError:
-    path = Path(path)
-    if re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}(\.shard-\d+-of-\d+)?\{SUFFIX}", path.name):
-        name = path.name if ".shard-" in path.name else path.stem  # how `featcache cache rm` names it
-        return DamagedError(f"feature set {name} is damaged ({reason}): `featcache cache rm {name}` and run "
-                            "`featcache extract` again (the same extract command also replaces it)", reason)
-    return DamagedError(f"{display(str(path))} is not a usable feature set ({reason}): give a feature-set id from "
-                        "`featcache cache list`, or delete that file and extract again", reason)
 
 
 def _structure(f: h5py.File, meta: dict) -> list[str]:
@@ -551,160 +469,3 @@ def _structure(f: h5py.File, meta: dict) -> list[str]:
     return out
 
 
-def _agreement(fs: "FeatureSet") -> list[str]:
-    """The rows against the manifest, and the manifest against the hash the id was made from: holds for
-    every file, so version-1 files (whose content hash covers only rows, labels and index) are checked too."""
-    f, out = fs._file, []
-    index, manifest = f["index"][()], f["manifest"]
-    n_files, n_classes = manifest["path"].shape[0], f["class_names"].shape[0]
-    if len(index) and (index.min() < 0 or index.max() >= n_files):
-        return ["/index points outside /manifest"]
-    labels = f["labels"][()]
-    if len(labels) and (labels.min() < -1 or labels.max() >= n_classes):
-        out.append("/labels point outside /class_names")
-    for rows, column in (("labels", "label"), ("split", "split"), ("paths", "path")):
-        if not np.array_equal(f[rows][()], manifest[column][()][index]):
-            out.append(f"/{rows} disagree with /manifest/{column}")
-    if "view" in f and not np.array_equal(f["view"][()], view_numbers(index)):
-        out.append("/view disagrees with /index")
-    skipped = f["skipped/index"][()]
-    if len(skipped) and (skipped.min() < 0 or skipped.max() >= n_files):
-        out.append("/skipped/index points outside /manifest")
-    recorded = fs.meta.get("manifest_sha256")
-    if recorded is not None:
-        if fs.manifest().sha256 != recorded:
-            out.append("/manifest or /class_names differ from the manifest hash recorded at extraction")
-        elif "key" in fs.meta:
-            if feature_set_id(fs.meta["key"], recorded) != fs.id:
-                out.append("the id does not match the recorded key and manifest")
-    return out
-
-
-def problems(fs: "FeatureSet", features: np.ndarray | None = None) -> list[str]:
-    """Everything wrong with an open feature set, reading every row (or hashing ``features``, the rows
-    already in memory). The one definition of "damaged": ``check`` and ``verify`` both use it."""
-    try:
-        digest = ContentDigest(fs.meta.get("content_hash_version", 1))
-    except CacheError as err:
-        return [str(err)]
-    try:
-        if features is None:
-            for _, block in fs.iter_blocks():
-                digest.features(block)
-        else:
-            digest.features(features)
-        out = [] if digest.finish(fs._file) == fs.meta.get("content_sha256") else [
-            "content hash differs from the one recorded at extraction: the file was altered"]
-        return out + _agreement(fs)
-    except DamagedError as err:
-        return [err.reason]
-    except (OSError, ValueError, KeyError, TypeError) as err:  # h5py reports damaged metadata as any of these
-        return [f"unreadable data ({_h5_reason(err)})"]
-
-
-def check(fs: "FeatureSet", features: np.ndarray | None = None) -> None:
-    """The integrity gate every reader of rows passes (fit, audit, predict --features, sweep, report,
-    ``open_features``): ``problems`` once per state of the file, then remembered (``_memo``); a
-    DamagedError naming the fix otherwise. A failed check is never remembered."""
-    key, stamp = os.path.realpath(fs.path), _stamp(fs.path)
-    if stamp is not None and _memo_read().get(key) == stamp + [fs.meta.get("content_sha256")]:
-        return
-    found = problems(fs, features)
-    if found:
-        _memo_update(key, None)
-        raise damaged(fs.path, found[0] + (f"; {len(found) - 1} more problem(s)" if len(found) > 1 else ""))
-    _remember(fs.path, stamp, fs.meta.get("content_sha256"))
-
-
-def open_verified(path: str | os.PathLike) -> "FeatureSet":
-    """A ``FeatureSet`` that passed ``check``."""
-    fs = FeatureSet(path)
-    try:
-        check(fs)
-    except BaseException:
-        fs.close()
-        raise
-    return fs
-
-
-def verify(path: Path) -> list[str]:
-    """``featcache cache verify``: ``problems`` always, never the memo (a success is remembered)."""
-    try:
-        fs = FeatureSet(path)
-    except DamagedError as err:
-        return [err.reason]
-    except CacheError as err:
-        return [str(err)]
-    with fs:
-        stamp = _stamp(fs.path)
-        found = problems(fs)
-        if found:
-            _memo_update(os.path.realpath(fs.path), None)
-        else:
-            _remember(fs.path, stamp, fs.meta.get("content_sha256"))
-    return found
-
-
-# The memo of verified files lives in featcache's user cache dir (``verified-v1.json``), not in the
-# cache dir: a cache dir may be read-only or shared, and a record there could vouch for files to
-# other users. Its key is the file's real path; its value the file's device, inode, size, mtime_ns
-# and ctime_ns (ctime cannot be set back by a user, so an in-place edit that restores the mtime is
-# still seen) and the recorded content hash. Any change to the file means a fresh check.
-_MEMO = "verified-v1.json"
-_MEMO_MAX = 2000
-
-
-def _memo_file() -> Path:
-    return user_cache_dir() / _MEMO
-
-
-def _stamp(path: Path) -> list | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _memo_read() -> dict:
-    try:
-        memo = json.loads(_memo_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
-
-
-def _memo_update(key: str, value: list | None) -> None:
-    """Best effort: a memo that cannot be written only costs a check next time."""
-    memo = _memo_read()
-    if memo.pop(key, None) is None and value is None:
-        return
-    if value is not None:
-        memo[key] = value
-    memo = dict(list(memo.items())[-_MEMO_MAX:])
-    try:
-        _memo_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(_memo_file(), json.dumps(memo))
-    except OSError:
-        pass
-
-
-def _remember(path: Path, stamp: list | None, content: str | None) -> None:
-    """Record a file as verified if it is still exactly as it was when the check began."""
-    if stamp is not None and content and _stamp(path) == stamp:
-        _memo_update(os.path.realpath(path), stamp + [content])
-
-
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _h5_reason(err: Exception) -> str:
-    text = str(err)
-    for hint in ("truncated", "signature", "checksum", "Fletcher32", "filter returned failure", "bad object header", "file locking"):
-        if hint.lower() in text.lower():
-            if hint == "file locking":
-                return "HDF5 file locking failed; on network filesystems set HDF5_USE_FILE_LOCKING=FALSE"
-            return {"signature": "not an HDF5 file", "Fletcher32": "checksum mismatch",
-                    "filter returned failure": "a chunk fails its checksum or decompression"}.get(hint, hint)
-    return text.splitlines()[0][:120] if text else type(err).__name__

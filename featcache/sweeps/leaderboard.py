@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from featcache.core.files import read_csv, write_csv
 from featcache.core.text import Link, Strong, printable
@@ -25,10 +26,13 @@ from featcache.report.render import params_text
 SWEEP_FILE = "sweep.json"  # the validated grid and, per row, its feature set and run
 
 
+def is_sweep(folder: str | Path) -> bool:
+    """A sweep's folder (``featcache report`` re-renders its leaderboard), not a run's."""
+    return (Path(folder) / SWEEP_FILE).is_file()
+
+
 def paired_t_test(a: np.ndarray, b: np.ndarray, n_train: int, n_test: int) -> float:
     """Nadeau & Bengio's corrected resampled t-test over per-fold scores: two-sided p-value."""
-    from scipy import stats
-
     d = np.asarray(a) - np.asarray(b)
     k = len(d)
     var = d.var(ddof=1)
@@ -60,10 +64,10 @@ def render(out) -> list[Path]:
         run = load_run(out / row["run"], verify=False)
         m, f, split = run.metrics, run.params.features, run.params.split
         rows.append({
-            "row": row_id, "run": run, "model": f["model"], "weights": f["weights_kind"] if f["weights_kind"] != "pretrained" else "pretrained",
-            "layer": f["layer"], "pool": f["pool"], "views": f.get("views", "none"), "head": run.params.head, "cv_mean": m.best_cv_mean,
+            "row": row_id, "run": run, "model": f.model, "weights": f.weights_kind,
+            "layer": f.layer, "pool": f.pool, "views": f.views, "head": run.params.head, "cv_mean": m.best_cv_mean,
             "cv_std": m.best_cv_std, "test": m.test.accuracy, "best_params": m.best_params,
-            "images_per_second": f.get("images_per_second") or float("nan"), "fit_seconds": m.fit_seconds,
+            "images_per_second": f.images_per_second or float("nan"), "fit_seconds": m.fit_seconds,
             "feature_mb": row["feature_bytes"] / 2**20, "folds": m.fold_scores(), "dropped": split.get("dropped", 0),
             "n_cv": split["n_cv"], "n_test": split["n_test"],
         })

@@ -23,6 +23,7 @@ from classifiers import get_head
 from classifiers.registry import UnknownName
 from featcache import backbones
 from featcache.config.extract import IDENTITY, ExtractConfig
+from featcache.config.fit import DEFAULT_HEAD, SEED, SWEEP_CV, TEST_SIZE, check_split_options
 from featcache.core import paths, progress
 from featcache.core.errors import FeatcacheError, RunError
 from featcache.core.files import output_dir, write_json
@@ -31,14 +32,13 @@ from featcache.extraction.scan import scan
 from featcache.fitting import pipeline
 from featcache.fitting.params import check_grid, parse_params
 from featcache.fitting.runs import CHECKSUMS, load_run
-from featcache.fitting.splits import check_split_options
 from featcache.store import fingerprint
 from featcache.sweeps.leaderboard import SWEEP_FILE, render
 
 # What a [[features]] entry of a sweep file may set: the settings that change the numbers.
 FEATURE_KEYS = set(IDENTITY) | {"layers", "pools"}  # views too may be a list (one recipe or several)
 FILE_KEYS = {"data", "cv", "test_size", "seed", "features", "heads"}
-DEFAULTS = {"data": str(paths.DEFAULT_DATA_DIR), "cv": 5, "test_size": 0.2, "seed": 0}
+DEFAULTS = {"data": str(paths.DEFAULT_DATA_DIR), "cv": SWEEP_CV, "test_size": TEST_SIZE, "seed": SEED}
 
 
 @dataclass
@@ -46,9 +46,9 @@ class SweepPlan:
     data: str
     features: list[ExtractConfig]  # one per feature set; data and cache_dir are the sweep's
     heads: dict[str, dict[str, list]]
-    cv: int = 5
-    test_size: float = 0.2
-    seed: int = 0
+    cv: int = SWEEP_CV
+    test_size: float = TEST_SIZE
+    seed: int = SEED
     layers_resolved: dict[int, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # found while parsing; reported with the rest
 
@@ -78,7 +78,7 @@ def plan_from_options(data=None, models=None, layers=None, pools=None, heads=Non
                                                       views=recipe))
                     except FeatcacheError as err:
                         problems.append(f"{m}@{w}: {err}")
-    grids: dict[str, dict[str, list]] = {h: None for h in (heads or ["svm"])}
+    grids: dict[str, dict[str, list]] = {h: None for h in (heads or [DEFAULT_HEAD])}
     for item in params or []:
         head, dot, rest = item.partition(".")
         if not dot or head not in grids:
@@ -143,7 +143,7 @@ def plan_from_toml(path, data=None, cv=None, test_size=None, seed=None, image_si
                         features.append(ExtractConfig(data=data, layer=layer, pool=pool, views=recipe, **settings))
                     except FeatcacheError as err:
                         problems.append(f"{settings.get('model', paths.DEFAULT_MODEL)}: {err}")
-    heads = {name: (grid or None) for name, grid in (doc.get("heads") or {"svm": {}}).items()}
+    heads = {name: (grid or None) for name, grid in (doc.get("heads") or {DEFAULT_HEAD: {}}).items()}
     pick = lambda name, given: given if given is not None else doc.get(name, DEFAULTS[name])  # noqa: E731
     return SweepPlan(data, features, heads, int(pick("cv", cv)), float(pick("test_size", test_size)), int(pick("seed", seed)),
                      problems=problems)
