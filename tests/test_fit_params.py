@@ -48,7 +48,7 @@ def test_set_fixes_the_svm_c_takes_it_out_of_the_grid_and_the_run_records_it(tin
     r = run_cli("fit", "--set", "C=2", "--cv", "2", *_common(tiny, tmp_path / "runs"))
     assert r.returncode == 0, r.stderr
     assert "set C=2;" in r.stdout and "best defaults" not in r.stdout, r.stdout
-    run = load_run(next((tmp_path / "runs").iterdir()))
+    run = load_run(next(p for p in (tmp_path / "runs").iterdir() if p.is_dir()))  # beside the output marker
     assert run.params.grid == {} and run.params.fixed_params["C"] == 2.0 and run.params.head_params["C"] == 2.0
     assert run.metrics.cv_results["params"] == [{}]  # one candidate: C was not searched
     assert json.loads((run.path / "head" / "head.json").read_text())["params"]["C"] == 2.0
