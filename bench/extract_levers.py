@@ -1,6 +1,6 @@
 """Extraction levers: which engine settings make featcache fastest on this CPU, one at a time.
 
-Each setting runs ``featcache.engine.run`` (model build + DataLoader + forward, into a null sink:
+Each setting runs ``featcache.extraction.engine.run`` (model build + DataLoader + forward, into a null sink:
 no staging, no HDF5) over the same synthetic images in a fresh Python process (so settings read
 when torch loads, like OMP_WAIT_POLICY, can be varied too), in interleaved rounds; medians are
 reported with the cores other processes used meanwhile ("others"). Levers:
@@ -81,7 +81,7 @@ def section_engine(cfg, data, report) -> None:
         rows = [[name, C.median(v), C.median(v) / base, " ".join(f"{x:.1f}" for x in v), " ".join(f"{x:.2f}" for x in noise[name])]
                 for name, v in rates.items()]
         report.append(C.table(["setting", "img/s (median)", "vs default", "rounds img/s", "rounds others"], rows,
-                              f"Levers, {model}: featcache.engine.run over {cfg.images} synthetic images, "
+                              f"Levers, {model}: featcache.extraction.engine.run over {cfg.images} synthetic images, "
                               f"medians of {cfg.rounds} rounds (unset values are the defaults of the first row)"))
 
 
@@ -93,7 +93,7 @@ def section_decode(cfg, datasets, report) -> None:
             got = [C.measured(decode_ms, files, "efficientnet_lite0", draft, retries=0, max_wait=cfg.max_wait) for _ in range(cfg.rounds)]
             rows.append([dname, len(files), "on" if draft else "off", C.median([g[0] for g in got]), max(g[1] for g in got)])
     report.append(C.table(["data", "images", "draft", "decode+resize+crop ms/img (1 core)", "others"], rows,
-                          "Decode cost: featcache.images.Transform in the main process"))
+                          "Decode cost: featcache.extraction.decode.Transform in the main process"))
 
 
 def section_draft(cfg, data, report) -> None:

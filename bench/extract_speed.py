@@ -136,7 +136,7 @@ class NoProgress:
 
 def engine_rate(files: list[str], model: str, batch_size: int, workers: int, threads: int | None = None,
                 channels_last: bool | None = None, draft: bool = True) -> float:
-    """images/s of ``featcache.engine.run`` (model build + loop; no staging, no HDF5)."""
+    """images/s of ``featcache.extraction.engine.run`` (model build + loop; no staging, no HDF5)."""
     spec = backbones.resolve(model, weights=weights_of(model))
     kw = {} if channels_last is None else {"channels_last": channels_last}
     opts = E.EngineOptions(batch_size=batch_size, workers=workers, device=torch.device("cpu"), precision="fp32", **kw)

@@ -20,7 +20,6 @@ import math
 
 import torch
 from PIL import Image
-from timm.data.transforms import ResizeKeepRatio, center_crop_or_pad
 from torchvision.transforms.v2 import functional as F
 
 from featcache.backbones.spec import Preprocess
@@ -34,6 +33,8 @@ def resized(img, p: Preprocess, interpolation):
     if p.crop_mode == "center" and isinstance(p.resize_size, int):
         return F.resize(img, [p.resize_size], interpolation=interpolation, antialias=True)
     # timm's own resize: cover a (height, width) box (center), or fit inside it (border)
+    from timm.data.transforms import ResizeKeepRatio  # timm: loaded on first use (its import sets up huggingface_hub)
+
     return ResizeKeepRatio(p.resize_hw, longest=1.0 if p.crop_mode == "border" else 0.0, interpolation=p.interpolation)(img)
 
 
@@ -52,6 +53,8 @@ def _crop_or_pad(img, crop_hw: tuple[int, int], fill: list[int]):
     """timm's ``center_crop_or_pad``: the centre crop, padded with the mean colour where the image is smaller.
     A tensor is padded here (torchvision pads tensors with one value only), with timm's offsets."""
     if not isinstance(img, torch.Tensor):
+        from timm.data.transforms import center_crop_or_pad  # timm: loaded on first use
+
         return center_crop_or_pad(img, list(crop_hw), fill=fill)
     (h, w), (H, W) = crop_hw, img.shape[-2:]
     if h > H or w > W:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torchvision
+import torchvision.io
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
 from featcache.backbones.spec import Preprocess
@@ -196,7 +196,7 @@ def decode_many(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.T
 def _decode_jpeg(data, device: torch.device):
     with warnings.catch_warnings():  # torchvision >= 0.29 deprecates its decoders in favour of TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=device)
 
 
 def check_available(device: torch.device) -> None:
